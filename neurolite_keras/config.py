@@ -1,0 +1,299 @@
+"""`NeuroLiteConfig`: every hyperparameter of a NeuroLite model, validated."""
+
+import json
+
+from neurolite_keras.validation import check_choice
+from neurolite_keras.validation import check_positive_int as _positive_int
+from neurolite_keras.validation import check_rate as _rate
+
+MIXER_TYPES = ("mlp", "hypermixer", "fnet")
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"`{name}` must be True or False. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _positive_float(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or value != value
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive number. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _non_negative_float(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value >= 0
+    ):
+        raise ValueError(
+            f"`{name}` must be a non-negative number. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative integer. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def _mixer_type(name, value):
+    return check_choice(name, value, MIXER_TYPES)
+
+
+# name: (default, validator, doc). Defaults are the `tiny` preset.
+_FIELDS = {
+    # Featurizer (outside the graph).
+    "max_sequence_length": (64, _positive_int, "tokens kept per text"),
+    "num_hashes": (16, _positive_int, "MinHash functions per token"),
+    "bloom_filter_size": (4096, _positive_int, "counting Bloom filter size"),
+    "ngram_min": (2, _positive_int, "shortest character n-gram"),
+    "ngram_max": (4, _positive_int, "longest character n-gram"),
+    "max_token_chars": (32, _positive_int, "characters hashed per token"),
+    "lowercase": (True, _flag, "case-fold text before hashing"),
+    "hash_seed": (0, _non_negative_int, "seed of every hash function"),
+    # Backbone.
+    "projection_size": (128, _positive_int, "bottleneck width"),
+    "hidden_size": (128, _positive_int, "width of the token stream"),
+    "num_mixer_layers": (4, _positive_int, "number of mixer blocks"),
+    "mixer_type": ("mlp", _mixer_type, "token mixer family"),
+    "token_mixing_size": (64, _positive_int, "token-mixing MLP width"),
+    "channel_mixing_size": (256, _positive_int, "channel-mixing MLP width"),
+    "dropout_rate": (0.1, _rate, "dropout inside blocks"),
+    "layer_norm_epsilon": (1e-5, _positive_float, "layer norm epsilon"),
+    # External memory.
+    "use_external_memory": (False, _flag, "add associative memory"),
+    "num_memory_slots": (32, _positive_int, "learned long-term slots"),
+    "num_episodic_slots": (128, _positive_int, "slots written at inference"),
+    "memory_key_size": (64, _positive_int, "memory key width"),
+    # Dynamic routing.
+    "use_dynamic_routing": (False, _flag, "add a mixture of experts"),
+    "num_experts": (4, _positive_int, "experts per routed layer"),
+    "num_experts_per_token": (1, _positive_int, "top-k experts per token"),
+    "expert_size": (128, _positive_int, "hidden width of one expert"),
+    "router_aux_loss_weight": (0.01, _non_negative_float, "balance loss"),
+    # Symbolic module.
+    "use_symbolic_module": (False, _flag, "fuse rule evidence into logits"),
+}
+
+_PRESETS = {
+    "tiny": {},
+    "small": {
+        "projection_size": 192,
+        "hidden_size": 256,
+        "num_mixer_layers": 6,
+        "token_mixing_size": 96,
+        "channel_mixing_size": 512,
+    },
+    "base": {
+        "projection_size": 256,
+        "hidden_size": 384,
+        "num_mixer_layers": 8,
+        "token_mixing_size": 128,
+        "channel_mixing_size": 1024,
+    },
+}
+
+
+class NeuroLiteConfig:
+    """Hyperparameters of a NeuroLite model.
+
+    A config holds everything needed to rebuild a model and its featurizer:
+    the hashing settings, the backbone sizes and the optional modules.
+    Fields are checked when set, at construction or later by assignment, so
+    `config.use_external_memory = True` works as in the original interface
+    and `config.hidden_size = -1` raises.
+
+    Use a preset (`tiny()`, `small()`, `base()`: about 1M, 3M and 8M
+    parameters with a 7-label head) or keywords for a custom model.
+
+    Args:
+        **kwargs: any field below; unset fields take the `tiny` defaults.
+            Unknown names raise a `ValueError`.
+
+    Fields:
+        max_sequence_length: int. Tokens kept per text; longer texts are
+            truncated by the featurizer. Defaults to `64`.
+        num_hashes: int. MinHash functions, so Bloom filter indices, per
+            token. Defaults to `16`.
+        bloom_filter_size: int. Buckets of the counting Bloom filter, which
+            is also the number of rows of the projection. Defaults to `4096`.
+        ngram_min, ngram_max: int. Character n-gram orders hashed per token.
+            Default to `2` and `4`.
+        max_token_chars: int. Characters of a token that are hashed.
+            Defaults to `32`.
+        lowercase: bool. Case-fold before hashing. Defaults to `True`.
+        hash_seed: int. Seed of the MurmurHash3 functions. Defaults to `0`.
+        projection_size: int. Width of the hashing bottleneck. Defaults to
+            `128`.
+        hidden_size: int. Width of the token stream. Defaults to `128`.
+        num_mixer_layers: int. Mixer blocks. Defaults to `4`.
+        mixer_type: str. `"mlp"`, `"hypermixer"` or `"fnet"`. Defaults to
+            `"mlp"`.
+        token_mixing_size: int. Hidden width of the token-mixing MLP (or of
+            the HyperMixer hypernetwork). Defaults to `64`.
+        channel_mixing_size: int. Hidden width of the channel MLP. Defaults
+            to `256`.
+        dropout_rate: float. Defaults to `0.1`.
+        layer_norm_epsilon: float. Defaults to `1e-5`.
+        use_external_memory: bool. Add the associative memory. Defaults to
+            `False`.
+        num_memory_slots, num_episodic_slots, memory_key_size: int. Memory
+            sizes. Default to `32`, `128` and `64`.
+        use_dynamic_routing: bool. Add a mixture of experts. Defaults to
+            `False`.
+        num_experts, num_experts_per_token, expert_size: int. Routing sizes.
+            Default to `4`, `1` and `128`.
+        router_aux_loss_weight: float. Weight of the load-balancing loss.
+            Defaults to `0.01`.
+        use_symbolic_module: bool. Fuse rule evidence into the logits.
+            Defaults to `False`.
+
+    Example:
+
+    >>> config = NeuroLiteConfig.tiny()
+    >>> config.use_external_memory = True
+    >>> NeuroLiteConfig.from_json(config.to_json()) == config
+    True
+    """
+
+    def __init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - set(_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"Unknown NeuroLiteConfig field(s): {unknown}. "
+                f"Known fields: {sorted(_FIELDS)}"
+            )
+        for name, (default, _, _) in _FIELDS.items():
+            setattr(self, name, kwargs.get(name, default))
+        self._check_consistency()
+
+    def __setattr__(self, name, value):
+        if name not in _FIELDS:
+            raise AttributeError(
+                f"NeuroLiteConfig has no field {name!r}. "
+                f"Known fields: {sorted(_FIELDS)}"
+            )
+        _, validate, _ = _FIELDS[name]
+        value = validate(name, value)
+        if len(self.__dict__) < len(_FIELDS):  # Still in `__init__`.
+            object.__setattr__(self, name, value)
+            return
+        previous = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        try:
+            self._check_consistency()
+        except ValueError:
+            object.__setattr__(self, name, previous)
+            raise
+
+    def _check_consistency(self):
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(
+                "`ngram_min` must not exceed `ngram_max`. Received: "
+                f"ngram_min={self.ngram_min}, ngram_max={self.ngram_max}"
+            )
+        if self.num_experts_per_token > self.num_experts:
+            raise ValueError(
+                "`num_experts_per_token` must not exceed `num_experts`. "
+                f"Received: num_experts_per_token="
+                f"{self.num_experts_per_token}, num_experts={self.num_experts}"
+            )
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """Returns the preset `name` (`"tiny"`, `"small"` or `"base"`)."""
+        if name not in _PRESETS:
+            raise ValueError(
+                f"Unknown preset {name!r}. Available: {sorted(_PRESETS)}"
+            )
+        return cls(**{**_PRESETS[name], **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides):
+        """About 1M parameters (7-label head)."""
+        return cls.preset("tiny", **overrides)
+
+    @classmethod
+    def small(cls, **overrides):
+        """About 3M parameters (7-label head)."""
+        return cls.preset("small", **overrides)
+
+    @classmethod
+    def base(cls, **overrides):
+        """About 8M parameters (7-label head)."""
+        return cls.preset("base", **overrides)
+
+    def featurizer_config(self):
+        """The fields the text featurizer depends on."""
+        names = (
+            "max_sequence_length",
+            "num_hashes",
+            "bloom_filter_size",
+            "ngram_min",
+            "ngram_max",
+            "max_token_chars",
+            "lowercase",
+            "hash_seed",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    def get_config(self):
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    to_dict = get_config
+
+    @classmethod
+    def from_config(cls, config):
+        if isinstance(config, cls):
+            return config.copy()
+        if not isinstance(config, dict):
+            raise ValueError(
+                "NeuroLiteConfig.from_config expects a dict. "
+                f"Received: {type(config).__name__}"
+            )
+        return cls(**config)
+
+    from_dict = from_config
+
+    def to_json(self):
+        return json.dumps(self.get_config(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Invalid NeuroLiteConfig JSON: {error}") from None
+        return cls.from_config(data)
+
+    def copy(self, **overrides):
+        return type(self)(**{**self.get_config(), **overrides})
+
+    def __eq__(self, other):
+        if not isinstance(other, NeuroLiteConfig):
+            return NotImplemented
+        return self.get_config() == other.get_config()
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"NeuroLiteConfig({fields})"
+
+
+def preset_names():
+    return tuple(_PRESETS)

@@ -1,0 +1,99 @@
+"""`HashProjection`: the hashing bottleneck, an embedding bag over a Bloom
+filter."""
+
+import keras
+from keras import ops
+
+from neurolite_keras.validation import check_choice, check_positive_int
+
+
+@keras.saving.register_keras_serializable(package="neurolite")
+class HashProjection(keras.layers.Layer):
+    """Projects counting-Bloom-filter indices to a dense bottleneck.
+
+    A token is described by `num_hashes` indices into a counting Bloom
+    filter of `num_buckets` buckets (see `TextFeaturizer`). Multiplying the
+    filter's count vector by a `(num_buckets, output_dim)` matrix equals
+    summing the matrix rows its indices select, so this layer gathers and
+    sums those rows and never builds the count vector. There is no
+    vocabulary: unseen words, typos and new scripts map to rows shared with
+    the n-grams they contain.
+
+    Args:
+        num_buckets: int. Size of the Bloom filter, so rows of the matrix.
+        output_dim: int. Width of the bottleneck.
+        combiner: str. `"mean"` (sum divided by the number of indices) or
+            `"sum"`. Defaults to `"mean"`.
+        embeddings_initializer: initializer of the matrix. Defaults to
+            `"glorot_uniform"`.
+        **kwargs: base `Layer` arguments (`name`, `dtype`...).
+
+    Call arguments:
+        inputs: int tensor `(batch, sequence, num_hashes)` with values in
+            `[0, num_buckets)`. Out-of-range indices are a caller error:
+            some backends clip them, others raise.
+
+    Returns:
+        Float tensor `(batch, sequence, output_dim)`.
+
+    Example:
+
+    >>> layer = HashProjection(num_buckets=64, output_dim=8)
+    >>> layer(np.zeros((2, 5, 4), "int32")).shape
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        num_buckets,
+        output_dim,
+        combiner="mean",
+        embeddings_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        check_positive_int("num_buckets", num_buckets)
+        check_positive_int("output_dim", output_dim)
+        check_choice("combiner", combiner, ("mean", "sum"))
+        super().__init__(**kwargs)
+        self.num_buckets = num_buckets
+        self.output_dim = output_dim
+        self.combiner = combiner
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                "HashProjection expects indices of shape (batch, sequence, "
+                f"num_hashes). Received shape: {input_shape}"
+            )
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.num_buckets, self.output_dim),
+            initializer=self.embeddings_initializer,
+        )
+
+    def call(self, inputs):
+        rows = ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
+        outputs = ops.sum(rows, axis=-2)
+        if self.combiner == "mean":
+            outputs = outputs / ops.cast(ops.shape(inputs)[-1], outputs.dtype)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.output_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_buckets": self.num_buckets,
+                "output_dim": self.output_dim,
+                "combiner": self.combiner,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+            }
+        )
+        return config
