@@ -73,7 +73,7 @@ _FIELDS = {
     "num_mixer_layers": (4, _positive_int, "number of mixer blocks"),
     "mixer_type": ("mlp", _mixer_type, "token mixer family"),
     "token_mixing_size": (64, _positive_int, "token-mixing MLP width"),
-    "channel_mixing_size": (256, _positive_int, "channel-mixing MLP width"),
+    "channel_mixing_size": (384, _positive_int, "channel-mixing MLP width"),
     "dropout_rate": (0.1, _rate, "dropout inside blocks"),
     "layer_norm_epsilon": (1e-5, _positive_float, "layer norm epsilon"),
     # External memory.
@@ -91,19 +91,23 @@ _FIELDS = {
     "use_symbolic_module": (False, _flag, "fuse rule evidence into logits"),
 }
 
+# Larger presets grow the Bloom filter (parameters that cost a gather, not
+# FLOPs) faster than the mixer, so compute per token stays small.
 _PRESETS = {
     "tiny": {},
     "small": {
+        "bloom_filter_size": 8192,
         "projection_size": 192,
-        "hidden_size": 256,
-        "num_mixer_layers": 6,
+        "hidden_size": 192,
+        "num_mixer_layers": 5,
         "token_mixing_size": 96,
-        "channel_mixing_size": 512,
+        "channel_mixing_size": 640,
     },
     "base": {
+        "bloom_filter_size": 16384,
         "projection_size": 256,
-        "hidden_size": 384,
-        "num_mixer_layers": 8,
+        "hidden_size": 256,
+        "num_mixer_layers": 6,
         "token_mixing_size": 128,
         "channel_mixing_size": 1024,
     },
@@ -148,7 +152,7 @@ class NeuroLiteConfig:
         token_mixing_size: int. Hidden width of the token-mixing MLP (or of
             the HyperMixer hypernetwork). Defaults to `64`.
         channel_mixing_size: int. Hidden width of the channel MLP. Defaults
-            to `256`.
+            to `384`.
         dropout_rate: float. Defaults to `0.1`.
         layer_norm_epsilon: float. Defaults to `1e-5`.
         use_external_memory: bool. Add the associative memory. Defaults to

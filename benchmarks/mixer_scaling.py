@@ -1,0 +1,524 @@
+"""How NeuroLite token mixers scale with sequence length, against a
+Transformer encoder of the same width and depth.
+
+Run (from the repository root):
+
+    python benchmarks/mixer_scaling.py --output-dir benchmarks/results
+
+What it does: CPU, batch 1, random weights. For each width (`tiny`: hidden
+128, 4 layers, channel MLP 256, token MLP 64; `base`: hidden 384, 8 layers,
+channel MLP 1024, token MLP 128) and each sequence length, it builds one
+stack per model, `HashProjection -> Dense(hidden) -> blocks ->
+MaskedMeanPooling`, with MLP-Mixer, HyperMixer or FNet (FFT form) blocks,
+or `keras_hub.layers.TransformerEncoder` blocks (`num_heads = hidden //
+64`, `intermediate_dim` = channel MLP width, GELU). The MLP-Mixer is built
+with `sequence_length` set to each length. Every model gets an all-ones
+padding mask.
+
+What is timed: one call of the backend's compiled forward function (on
+JAX, `jax.jit` of `model.stateless_call`, waited on with
+`block_until_ready`; on TensorFlow, a `tf.function` of `model(x)`; on
+torch, `model(x)` under `torch.no_grad()`), on inputs already on the
+device. Each model gets `--warmup` untimed calls (compilation included),
+then `--repeats` timed calls, taken round-robin across the models of one
+(width, length) so that load on a shared machine hits them alike; the
+figure is the median. It prints a markdown table (milliseconds),
+t(4096)/t(512) per model (linear cost gives about 8) and the issue's aims
+(every NeuroLite mixer at most 9, and faster than the Transformer at every
+length from 256 up), and writes `mixer_scaling.md`, `mixer_scaling.json`
+and `mixer_scaling.png` into `--output-dir`, each atomically.
+
+Figures from a run are in the report of the run that produced them, not
+here: the machine, its load and the backend change them.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WIDTHS = {
+    "tiny": {
+        "projection_size": 128,
+        "hidden_size": 128,
+        "num_layers": 4,
+        "channel_mixing_size": 256,
+        "token_mixing_size": 64,
+    },
+    "base": {
+        "projection_size": 256,
+        "hidden_size": 384,
+        "num_layers": 8,
+        "channel_mixing_size": 1024,
+        "token_mixing_size": 128,
+    },
+}
+MODELS = ("mlp", "hypermixer", "fnet-fft", "transformer")
+MIXERS = ("mlp", "hypermixer", "fnet-fft")
+DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
+NUM_BUCKETS = 4096
+NUM_HASHES = 16
+MAX_RATIO = 9.0
+COMPARE_FROM_LENGTH = 256
+
+TIMED = {
+    "jax": "jax.jit(model.stateless_call)(...).block_until_ready()",
+    "tensorflow": "tf.function(model)(x) (eager result, CPU)",
+    "torch": "model(x) under torch.no_grad() (eager)",
+}
+
+
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers, got {text!r}"
+        )
+    return sorted(set(values))
+
+
+def _name_list(choices):
+    def parse(text):
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        unknown = [n for n in names if n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {list(choices)}, "
+                f"got {text!r}"
+            )
+        return names
+
+    return parse
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=list(DEFAULT_LENGTHS),
+        help="comma-separated sequence lengths (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--widths",
+        type=_name_list(tuple(WIDTHS)),
+        default=list(WIDTHS),
+        help="comma-separated widths among tiny,base (default: both)",
+    )
+    parser.add_argument(
+        "--models",
+        type=_name_list(MODELS),
+        default=list(MODELS),
+        help=f"comma-separated models among {','.join(MODELS)} (default: all)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed calls per model"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed calls per model"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="folder for mixer_scaling.{md,json,png}",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        default=os.environ.get("KERAS_BACKEND", "jax"),
+        help="Keras backend (default: $KERAS_BACKEND, else jax)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.warmup < 1:
+        parser.error(f"--warmup must be at least 1, got {args.warmup}")
+    return args
+
+
+def build_model(kind, width, length):
+    """`HashProjection -> Dense -> blocks -> pooling` for one model kind."""
+    import keras
+    import keras_hub
+
+    from neurolite_keras.layers import (
+        HashProjection,
+        MaskedMeanPooling,
+        MlpMixerBlock,
+    )
+    from neurolite_keras.layers.fnet import FNetBlock
+    from neurolite_keras.layers.hypermixer import HyperMixerBlock
+
+    sizes = WIDTHS[width]
+    hidden = sizes["hidden_size"]
+    indices = keras.Input((length, NUM_HASHES), dtype="int32", name="indices")
+    mask = keras.Input((length,), dtype="int32", name="padding_mask")
+    x = HashProjection(NUM_BUCKETS, sizes["projection_size"])(indices)
+    x = keras.layers.Dense(hidden)(x)
+    for _ in range(sizes["num_layers"]):
+        if kind == "mlp":
+            block = MlpMixerBlock(
+                length,
+                token_mixing_size=sizes["token_mixing_size"],
+                channel_mixing_size=sizes["channel_mixing_size"],
+            )
+        elif kind == "hypermixer":
+            block = HyperMixerBlock(
+                token_mixing_size=sizes["token_mixing_size"],
+                channel_mixing_size=sizes["channel_mixing_size"],
+            )
+        elif kind == "fnet-fft":
+            block = FNetBlock(
+                channel_mixing_size=sizes["channel_mixing_size"],
+                implementation="fft",
+            )
+        elif kind == "fnet-dft":
+            block = FNetBlock(
+                channel_mixing_size=sizes["channel_mixing_size"],
+                implementation="dft",
+            )
+        elif kind == "transformer":
+            block = keras_hub.layers.TransformerEncoder(
+                intermediate_dim=sizes["channel_mixing_size"],
+                num_heads=max(1, hidden // 64),
+                activation="gelu",
+            )
+        else:
+            raise ValueError(f"Unknown model kind: {kind!r}")
+        x = block(x, padding_mask=mask)
+    outputs = MaskedMeanPooling()(x, padding_mask=mask)
+    return keras.Model({"indices": indices, "padding_mask": mask}, outputs)
+
+
+def compiled_forward(model, backend):
+    """A function of the inputs that runs one finished forward pass."""
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        @jax.jit
+        def forward(trainable, non_trainable, inputs):
+            outputs, _ = model.stateless_call(
+                trainable, non_trainable, inputs, training=False
+            )
+            return outputs
+
+        def run(inputs):
+            return forward(trainable, non_trainable, inputs).block_until_ready()
+
+        return run
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        forward = tf.function(lambda inputs: model(inputs, training=False))
+        return forward
+    import torch
+
+    def run(inputs):
+        with torch.no_grad():
+            return model(inputs, training=False)
+
+    return run
+
+
+def make_inputs(length, seed):
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, NUM_BUCKETS, (1, length, NUM_HASHES))
+    return {
+        "indices": keras.ops.convert_to_tensor(indices.astype("int32")),
+        "padding_mask": keras.ops.convert_to_tensor(
+            np.ones((1, length), "int32")
+        ),
+    }
+
+
+def measure(args):
+    """Median latency (ms) of every (width, model, length); prints as it
+    goes."""
+    import keras
+
+    results = []
+    for width in args.widths:
+        for length in args.lengths:
+            keras.utils.set_random_seed(args.seed)
+            inputs = make_inputs(length, args.seed)
+            runners = {}
+            for kind in args.models:
+                model = build_model(kind, width, length)
+                run = compiled_forward(model, args.backend)
+                start = time.perf_counter()
+                for _ in range(args.warmup):
+                    run(inputs)
+                warmup_s = time.perf_counter() - start
+                runners[kind] = (model, run, warmup_s)
+            times = {kind: [] for kind in runners}
+            for _ in range(args.repeats):
+                for kind, (_, run, _) in runners.items():
+                    start = time.perf_counter()
+                    run(inputs)
+                    times[kind].append(1e3 * (time.perf_counter() - start))
+            for kind, (model, _, warmup_s) in runners.items():
+                median = statistics.median(times[kind])
+                results.append(
+                    {
+                        "width": width,
+                        "model": kind,
+                        "length": length,
+                        "median_ms": median,
+                        "times_ms": times[kind],
+                        "warmup_s": warmup_s,
+                        "num_parameters": model.count_params(),
+                    }
+                )
+                print(
+                    f"{width:4s} {kind:11s} length {length:5d}: "
+                    f"{median:10.2f} ms (median of {args.repeats}; "
+                    f"warm-up {warmup_s:.1f} s)",
+                    flush=True,
+                )
+            del runners
+    return results
+
+
+def _median(results, width, model, length):
+    for row in results:
+        if (row["width"], row["model"], row["length"]) == (
+            width,
+            model,
+            length,
+        ):
+            return row["median_ms"]
+    return None
+
+
+def summarize(results, args):
+    """Ratios t(4096)/t(512) and the issue's aims."""
+    ratios, aims = {}, []
+    for width in args.widths:
+        for model in args.models:
+            low = _median(results, width, model, 512)
+            high = _median(results, width, model, 4096)
+            ratio = high / low if low and high else None
+            ratios[f"{width}/{model}"] = ratio
+            if model not in MIXERS:
+                continue
+            slower = []
+            if "transformer" in args.models:
+                for length in args.lengths:
+                    if length < COMPARE_FROM_LENGTH:
+                        continue
+                    mine = _median(results, width, model, length)
+                    theirs = _median(results, width, "transformer", length)
+                    if mine >= theirs:
+                        slower.append(length)
+            aims.append(
+                {
+                    "width": width,
+                    "model": model,
+                    "ratio_4096_512": ratio,
+                    "ratio_ok": None if ratio is None else ratio <= MAX_RATIO,
+                    "slower_than_transformer_at": slower,
+                    "compared": "transformer" in args.models,
+                }
+            )
+    return ratios, aims
+
+
+def markdown(results, ratios, aims, args, environment):
+    lengths = args.lengths
+    lines = [
+        f"Forward latency, ms (median of {args.repeats} after "
+        f"{args.warmup} warm-up calls), batch 1, CPU, backend "
+        f"{args.backend}. Timed: {TIMED[args.backend]}.",
+        "",
+        "| width | model | params | "
+        + " | ".join(str(n) for n in lengths)
+        + " | t(4096)/t(512) |",
+        "|---|---|---:|" + "---:|" * len(lengths) + "---:|",
+    ]
+    for width in args.widths:
+        for model in args.models:
+            params = next(
+                r["num_parameters"]
+                for r in results
+                if r["width"] == width and r["model"] == model
+            )
+            cells = [
+                f"{_median(results, width, model, n):.1f}" for n in lengths
+            ]
+            ratio = ratios[f"{width}/{model}"]
+            ratio_text = "n/a" if ratio is None else f"{ratio:.2f}"
+            lines.append(
+                f"| {width} | {model} | {params:,} | "
+                + " | ".join(cells)
+                + f" | {ratio_text} |"
+            )
+    lines += ["", "Aims: t(4096)/t(512) <= 9; faster than the Transformer "]
+    lines[-1] += f"of the same width at every length >= {COMPARE_FROM_LENGTH}."
+    lines.append("")
+    for aim in aims:
+        ratio = aim["ratio_4096_512"]
+        ratio_text = (
+            "ratio n/a (needs 512 and 4096)"
+            if ratio is None
+            else f"ratio {ratio:.2f} {'ok' if aim['ratio_ok'] else 'MISSED'}"
+        )
+        if not aim["compared"]:
+            speed_text = "no Transformer measured"
+        elif aim["slower_than_transformer_at"]:
+            speed_text = "not faster than the Transformer at " + ", ".join(
+                str(n) for n in aim["slower_than_transformer_at"]
+            )
+        else:
+            speed_text = (
+                "faster than the Transformer at every measured length "
+                f">= {COMPARE_FROM_LENGTH}"
+            )
+        lines.append(f"- {aim['width']} {aim['model']}: {ratio_text}; ")
+        lines[-1] += speed_text + "."
+    lines += [
+        "",
+        f"Machine: {environment['cpu_count']} CPUs, load average "
+        f"{environment['load_average_start']} at start, "
+        f"{environment['load_average_end']} at end; "
+        f"Keras {environment['keras_version']}; run {environment['date']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path, write):
+    """Calls `write(temp_path)`, then moves the file onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(temp)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes it owner-only.
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def _write_text(path, text):
+    def write(temp):
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(path, write)
+
+
+def plot(results, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(
+        1, len(args.widths), figsize=(6 * len(args.widths), 4.5), squeeze=False
+    )
+    for axis, width in zip(axes[0], args.widths):
+        for model in args.models:
+            values = [_median(results, width, model, n) for n in args.lengths]
+            axis.plot(args.lengths, values, marker="o", label=model)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xticks(args.lengths, [str(n) for n in args.lengths])
+        axis.set_xlabel("sequence length")
+        axis.set_ylabel("forward latency, ms (batch 1, CPU)")
+        axis.set_title(f"{width} width")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"Mixer scaling, backend {args.backend}")
+    figure.tight_layout()
+    _atomic_write(path, lambda temp: figure.savefig(temp, format="png"))
+    plt.close(figure)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["KERAS_BACKEND"] = args.backend
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # Run from a checkout, not installed.
+    import keras
+
+    if keras.backend.backend() != args.backend:
+        sys.exit(
+            f"Keras was already imported with backend "
+            f"{keras.backend.backend()!r}; run with KERAS_BACKEND="
+            f"{args.backend}."
+        )
+    environment = {
+        "backend": args.backend,
+        "keras_version": keras.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "timed": TIMED[args.backend],
+    }
+    print(
+        f"Backend {args.backend}; timed: {TIMED[args.backend]}; median of "
+        f"{args.repeats} round-robin calls after {args.warmup} warm-up calls.",
+        flush=True,
+    )
+    results = measure(args)
+    environment["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    ratios, aims = summarize(results, args)
+    table = markdown(results, ratios, aims, args, environment)
+    print()
+    print(table)
+    for model, ratio in ratios.items():
+        text = "n/a" if ratio is None else f"{ratio:.2f}"
+        print(f"t(4096)/t(512) {model}: {text}")
+
+    output_dir = args.output_dir
+    _write_text(output_dir / "mixer_scaling.md", table)
+    report = {
+        "environment": environment,
+        "arguments": {
+            "lengths": args.lengths,
+            "widths": {w: WIDTHS[w] for w in args.widths},
+            "models": args.models,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "seed": args.seed,
+        },
+        "results": results,
+        "ratios_4096_512": ratios,
+        "aims": aims,
+    }
+    _write_text(
+        output_dir / "mixer_scaling.json", json.dumps(report, indent=2) + "\n"
+    )
+    plot(results, args, output_dir / "mixer_scaling.png")
+    print(f"Wrote {output_dir}/mixer_scaling.{{md,json,png}}")
+
+
+if __name__ == "__main__":
+    main()

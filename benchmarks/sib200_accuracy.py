@@ -1,0 +1,274 @@
+"""SIB-200 topic accuracy of NeuroLite presets against two common baselines.
+
+Run (about an hour on two CPU cores for the three presets):
+
+    KERAS_BACKEND=tensorflow python benchmarks/sib200_accuracy.py \
+        --data-dir ../shared/data --output-dir results/sib200
+
+In one run, on the 14 languages' test sets (mean over languages and
+French): TF-IDF over character and word n-grams with a linear SVM
+(scikit-learn), a fastText-style model (mean of hashed word and character
+n-gram embeddings, then a linear softmax), and NeuroLite presets trained by
+the same recipe as `neurolite train`. Also measures featurizer throughput
+on one core and seconds per training epoch on each requested backend.
+Writes `sib200_accuracy.json` and `.md` to the output folder.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from neurolite_keras import atomic_io
+from neurolite_keras.config import NeuroLiteConfig
+from neurolite_keras.datasets import load_sib200
+from neurolite_keras.featurizer import TextFeaturizer
+
+
+def per_language_accuracy(predicted, split):
+    predicted = np.asarray(predicted)
+    truth = np.asarray(split.labels)
+    languages = np.asarray(split.languages)
+    result = {
+        lang: float(np.mean(predicted[languages == lang]
+                            == truth[languages == lang]))
+        for lang in dict.fromkeys(split.languages)
+    }
+    return {
+        "test_accuracy": float(np.mean(list(result.values()))),
+        "french": result.get("fra_Latn"),
+        "per_language": result,
+    }
+
+
+def tfidf_svm(data):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.pipeline import make_union
+    from sklearn.svm import LinearSVC
+
+    features = make_union(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4),
+                        sublinear_tf=True, min_df=2),
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2),
+                        sublinear_tf=True, token_pattern=r"(?u)\b\w+\b"),
+    )
+    model = make_pipeline(features, LinearSVC(C=0.5))
+    start = time.perf_counter()
+    model.fit(data.train.texts, data.train.labels)
+    seconds = time.perf_counter() - start
+    result = per_language_accuracy(model.predict(data.test.texts), data.test)
+    result["train_seconds"] = round(seconds, 1)
+    return result
+
+
+def fasttext_style(data, epochs=30, buckets=1 << 18, dim=64, seed=0):
+    """Mean of hashed word/bigram/char n-gram embeddings, then a softmax."""
+    import keras
+    import mmh3
+
+    from neurolite_keras.tokenizer import tokenize
+
+    def grams(text):
+        words = tokenize(text)
+        out = list(words) + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        for word in words:
+            wrapped = f"<{word}>"
+            out += [wrapped[i : i + 3] for i in range(len(wrapped) - 2)]
+        return out
+
+    def encode(texts, length=256):
+        ids = np.zeros((len(texts), length), "int32")
+        for row, text in enumerate(texts):
+            hashed = [1 + mmh3.hash(g, 7, signed=False) % (buckets - 1)
+                      for g in grams(text)][:length]
+            ids[row, : len(hashed)] = hashed
+        return ids
+
+    labels = sorted(set(data.train.labels))
+    index = {name: i for i, name in enumerate(labels)}
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(buckets, dim, mask_zero=True)(inputs)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(len(labels))(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    y = np.array([index[label] for label in data.train.labels])
+    y_dev = np.array([index[label] for label in data.dev.labels])
+    start = time.perf_counter()
+    model.fit(
+        encode(data.train.texts), y, batch_size=64, epochs=epochs,
+        validation_data=(encode(data.dev.texts), y_dev), verbose=0,
+        callbacks=[keras.callbacks.EarlyStopping(
+            "val_accuracy", patience=5, mode="max",
+            restore_best_weights=True)],
+    )
+    seconds = time.perf_counter() - start
+    predicted = np.argmax(model.predict(encode(data.test.texts), verbose=0),
+                          axis=1)
+    result = per_language_accuracy([labels[i] for i in predicted], data.test)
+    result["train_seconds"] = round(seconds, 1)
+    return result
+
+
+def neurolite(data, preset, epochs, batch_size):
+    from neurolite_keras.recipes.train import train_classifier
+
+    _, metrics = train_classifier(
+        data, NeuroLiteConfig.preset(preset), epochs=epochs,
+        batch_size=batch_size, verbose=2,
+    )
+    return {
+        "test_accuracy": metrics["test_accuracy"],
+        "french": metrics["per_language"]["fra_Latn"],
+        "per_language": metrics["per_language"],
+        "train_seconds": metrics["train_seconds"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "num_parameters": metrics["num_parameters"],
+        "backend": metrics["backend"],
+    }
+
+
+def featurizer_throughput(texts, repeats=3):
+    """Sentences per second on one core: cold cache, then warm cache."""
+    cold, warm = [], []
+    for _ in range(repeats):
+        featurizer = TextFeaturizer.from_config(NeuroLiteConfig.tiny())
+        start = time.perf_counter()
+        featurizer(texts)
+        cold.append(len(texts) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        featurizer(texts)
+        warm.append(len(texts) / (time.perf_counter() - start))
+    return {"cold_cache": round(statistics.median(cold)),
+            "warm_cache": round(statistics.median(warm))}
+
+
+_EPOCH_SCRIPT = """
+import json, sys, time
+import keras
+from neurolite_keras.config import NeuroLiteConfig
+from neurolite_keras.datasets import load_sib200
+from neurolite_keras.models import NeuroLiteForClassification
+data = load_sib200(sys.argv[1])
+model = NeuroLiteForClassification(NeuroLiteConfig.tiny(),
+                                   label_names=data.label_names)
+model.compile()
+times = []
+for _ in range(2):
+    start = time.perf_counter()
+    model.fit(data.train.texts, data.train.labels, batch_size=64, epochs=1,
+              verbose=0)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"first_epoch": times[0], "second_epoch": times[1]}))
+"""
+
+
+def epoch_seconds(backend, data_dir):
+    """Seconds per tiny training epoch under `backend`, in a subprocess."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    result = subprocess.run(
+        [sys.executable, "-c", _EPOCH_SCRIPT, data_dir], env=env,
+        capture_output=True, text=True, timeout=3600,
+    )
+    if result.returncode:
+        return {"error": result.stderr.strip().splitlines()[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def markdown(results):
+    rows = [
+        "| model | parameters | SIB-200 mean (14 langs) | French | "
+        "train seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        params = r.get("num_parameters")
+        rows.append(
+            f"| {name} | {f'{params:,}' if params else '-'} | "
+            f"{r['test_accuracy']:.3f} | {r['french']:.3f} | "
+            f"{r['train_seconds']:.0f} |"
+        )
+    lines = rows + [""]
+    throughput = results.get("featurizer_sentences_per_second")
+    if throughput:
+        lines.append(
+            f"Featurizer, one core: {throughput['cold_cache']:,} sentences/s "
+            f"(cold cache), {throughput['warm_cache']:,} sentences/s (warm)."
+        )
+    for backend, timing in results.get("epoch_seconds", {}).items():
+        if "error" in timing:
+            lines.append(f"- {backend}: failed ({timing['error']})")
+        else:
+            lines.append(
+                f"- tiny, one SIB-200 epoch (9,814 sentences, batch 64) on "
+                f"{backend}: {timing['second_epoch']:.0f} s "
+                f"(first epoch, with compilation: "
+                f"{timing['first_epoch']:.0f} s)"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get(
+        "NEUROLITE_DATA_DIR"))
+    parser.add_argument("--output-dir", default="results/sib200")
+    parser.add_argument("--presets", default="tiny,small,base")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--baselines", default="tfidf_svm,fasttext")
+    parser.add_argument("--epoch-timing-backends", default="",
+                        help="e.g. tensorflow,jax,torch")
+    args = parser.parse_args()
+
+    data = load_sib200(args.data_dir)
+    results = {"models": {}, "command": " ".join(sys.argv)}
+    path = os.path.join(args.output_dir, "sib200_accuracy.json")
+    if os.path.exists(path):  # Resume: keep figures of an earlier run.
+        with open(path, encoding="utf-8") as file:
+            results["models"] = json.load(file).get("models", {})
+
+    def save():
+        atomic_io.write_json(path, results)
+        atomic_io.write_text(path[:-5] + ".md", markdown(results))
+
+    runners = {"tfidf_svm": ("TF-IDF char+word n-grams + linear SVM",
+                             tfidf_svm),
+               "fasttext": ("fastText-style hashed n-grams", fasttext_style)}
+    for key in filter(None, args.baselines.split(",")):
+        name, run = runners[key]
+        results["models"][name] = run(data)
+        print(name, json.dumps(results["models"][name]["test_accuracy"]))
+        save()
+    throughput = featurizer_throughput(data.train.texts)
+    results["featurizer_sentences_per_second"] = throughput
+    for preset in filter(None, args.presets.split(",")):
+        name = f"NeuroLite-{preset}"
+        results["models"][name] = neurolite(data, preset, args.epochs,
+                                            args.batch_size)
+        print(name, results["models"][name]["test_accuracy"])
+        save()
+    timings = {}
+    for backend in filter(None, args.epoch_timing_backends.split(",")):
+        timings[backend] = epoch_seconds(backend, args.data_dir)
+    if timings:
+        results["epoch_seconds"] = timings
+    save()
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The `neurolite` command line: train, evaluate, predict and export.
+
+This module is the only place in the package that prints.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from neurolite_keras.datasets import DATASET_NAMES
+
+
+def _add_data_arguments(parser, require_dataset=False):
+    group = parser.add_argument_group("data")
+    source = group.add_mutually_exclusive_group(required=require_dataset)
+    source.add_argument("--dataset", choices=DATASET_NAMES,
+                        help="a built-in data set")
+    source.add_argument("--train-file", help="your own CSV, TSV or JSONL")
+    source.add_argument("--test-file", help="CSV, TSV or JSONL to score on")
+    group.add_argument("--dev-file", help="dev split of your own data")
+    group.add_argument("--data-dir", help="folder holding the data sets "
+                       "(default: $NEUROLITE_DATA_DIR, then a download)")
+    group.add_argument("--text-column", default="text")
+    group.add_argument("--label-column", default="label")
+    group.add_argument("--languages", help="SIB-200 languages, comma "
+                       "separated (default: all 14)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="neurolite",
+        description="Tiny vocabulary-free text classifiers for phones.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a classifier")
+    _add_data_arguments(train)
+    train.add_argument("--preset", default="tiny",
+                       choices=("tiny", "small", "base"))
+    train.add_argument("--mixer", choices=("mlp", "hypermixer", "fnet"),
+                       help="token mixer (default: the preset's)")
+    train.add_argument("--config", help="JSON file of NeuroLiteConfig "
+                       "fields that override the preset")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=3e-3)
+    train.add_argument("--patience", type=int, default=5)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--output", required=True,
+                       help="folder for model.keras and metrics.json")
+
+    evaluate = commands.add_parser("evaluate", help="score a model")
+    evaluate.add_argument("model", help="a .keras or .tflite file")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--json", help="write the metrics to this file")
+
+    predict = commands.add_parser("predict", help="classify texts")
+    predict.add_argument("model", help="a .keras or .tflite file")
+    predict.add_argument("texts", nargs="+", help="texts to classify")
+    predict.add_argument("--top-k", type=int, default=1)
+
+    return parser
+
+
+def _load_data(args, for_training):
+    from neurolite_keras import datasets
+
+    languages = None
+    if args.languages:
+        languages = [lang.strip() for lang in args.languages.split(",")]
+    columns = {"text_column": args.text_column,
+               "label_column": args.label_column}
+    if args.dataset:
+        if args.dataset == "sib200":
+            return datasets.load_sib200(args.data_dir, languages=languages)
+        return datasets.load_dataset(args.dataset, args.data_dir)
+    if for_training:
+        if not args.train_file:
+            raise ValueError("train needs --dataset or --train-file.")
+        return datasets.load_text_files(
+            args.train_file, args.dev_file, args.test_file, **columns
+        )
+    if not args.test_file:
+        raise ValueError("evaluate needs --dataset or --test-file.")
+    split = datasets.load_text_file(args.test_file, **columns)
+    return datasets.TextClassificationData("custom", [], split, split, split)
+
+
+def load_predictor(path):
+    """A `.keras` classifier or a `.tflite` runner, by file extension."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}")
+    if path.endswith(".tflite"):
+        from neurolite_keras.litert_runner import LiteRTClassifier
+
+        return LiteRTClassifier(path)
+    from neurolite_keras.models import load_model
+
+    return load_model(path)
+
+
+def _train(args):
+    from neurolite_keras.config import NeuroLiteConfig
+    from neurolite_keras.recipes.train import train_classifier
+
+    overrides = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as file:
+            overrides = json.load(file)
+    if args.mixer:
+        overrides["mixer_type"] = args.mixer
+    config = NeuroLiteConfig.preset(args.preset, **overrides)
+    data = _load_data(args, for_training=True)
+    _, metrics = train_classifier(
+        data, config, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patience=args.patience,
+        output_dir=args.output, seed=args.seed,
+    )
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  "
+          f"({metrics['num_parameters']:,} parameters, "
+          f"{metrics['backend']}, {metrics['train_seconds']:.0f} s)")
+    for lang, accuracy in metrics.get("per_language", {}).items():
+        print(f"  {lang:10s} {accuracy:.4f}")
+    print(f"wrote {os.path.join(args.output, 'model.keras')} and "
+          f"{os.path.join(args.output, 'metrics.json')}")
+
+
+def _evaluate(args):
+    from neurolite_keras import atomic_io
+    from neurolite_keras.evaluation import evaluate_predictor
+
+    predictor = load_predictor(args.model)
+    data = _load_data(args, for_training=False)
+    metrics = evaluate_predictor(predictor, data.test)
+    metrics["model"] = args.model
+    print(f"accuracy {metrics['accuracy']:.4f} on "
+          f"{metrics['num_examples']} examples")
+    for lang, accuracy in metrics.get("per_language", {}).items():
+        print(f"  {lang:10s} {accuracy:.4f}")
+    for label, count in metrics["unknown_labels"].items():
+        print(f"  label {label!r} unknown to the model: {count} example(s) "
+              "counted as errors")
+    if args.json:
+        atomic_io.write_json(args.json, metrics)
+        print(f"wrote {args.json}")
+
+
+def _predict(args):
+    predictor = load_predictor(args.model)
+    probabilities = predictor.predict_proba(args.texts)
+    top_k = max(1, min(args.top_k, probabilities.shape[1]))
+    for text, row in zip(args.texts, probabilities):
+        best = row.argsort()[::-1][:top_k]
+        labels = "  ".join(
+            f"{predictor.label_names[j]}\t{row[j]:.4f}" for j in best
+        )
+        print(f"{labels}\t{text}")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+    try:
+        handlers[args.command](args)
+    except (ValueError, OSError) as error:
+        print(f"neurolite {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""`HyperMixerBlock`: token mixing with weights that a hypernetwork generates
+from the tokens (Mai et al. 2023), then channel mixing, padding masked out."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from neurolite_keras.validation import check_positive_int, check_rate
+
+
+def _frequencies(hidden_size):
+    num_frequencies = (hidden_size + 1) // 2
+    scale = -2.0 * math.log(10000.0) / max(hidden_size, 2)
+    return np.exp(np.arange(num_frequencies) * scale)
+
+
+def sinusoidal_positions(length, hidden_size, dtype="float32"):
+    """Sine and cosine position features `(length, hidden_size)`.
+
+    Depends on `length` alone, so it works for any length: a Python int
+    gives a constant computed with numpy, a scalar tensor (a length known
+    only when the graph runs) computes the same values in the graph. The
+    first `ceil(hidden_size / 2)` columns are sines and the rest cosines,
+    at geometrically spaced frequencies from 1 down to about 1/10000.
+    """
+    frequencies = _frequencies(hidden_size)
+    if isinstance(length, int):
+        angles = np.outer(np.arange(length), frequencies)
+        features = np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+        return ops.convert_to_tensor(features[:, :hidden_size], dtype)
+    positions = ops.cast(ops.arange(length), "float32")
+    angles = ops.expand_dims(positions, -1) * ops.convert_to_tensor(
+        frequencies[None].astype("float32")
+    )
+    features = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+    return ops.cast(features[:, :hidden_size], dtype)
+
+
+def _check_epsilon(value):
+    # TODO: move to neurolite_keras/validation.py as `check_positive_float`
+    # (owned by the lead); kept here until then.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+    ):
+        raise ValueError(
+            "`layer_norm_epsilon` must be a positive number. "
+            f"Received: layer_norm_epsilon={value!r}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="neurolite")
+class HyperMixerBlock(keras.layers.Layer):
+    """One HyperMixer block: token mixing by a generated MLP, then channel
+    mixing.
+
+    MLP-Mixer mixes tokens with an MLP whose weights have one row per
+    position, which fixes the sequence length and ties each weight to a
+    position rather than to what sits there. HyperMixer (Mai et al. 2023,
+    https://arxiv.org/abs/2203.03691) generates those rows instead: two
+    small hypernetworks, shared by every position, map each token (plus a
+    sinusoidal position feature) to its row of `W1` and of `W2`, both
+    `(sequence, token_mixing_size)`. Token mixing is then
+    `W2 @ gelu(W1^T @ X)` for the normalized tokens `X`, followed by a layer
+    normalization (as in the authors' implementation, so the output scale
+    does not grow with the number of tokens). Channel mixing is the MLP of
+    `MlpMixerBlock`. Both sit behind a layer normalization and a residual
+    connection. No weight depends on the length, so one block handles any
+    sequence length, and the cost is linear in it.
+
+    The hypernetworks are MLPs `hidden -> token_mixing_size (gelu) ->
+    token_mixing_size`, one for `W1` and one for `W2` (untied).
+
+    **Note on masking:** padded positions are zeroed after the first layer
+    normalization and their rows of `W1` and `W2` are zeroed, so padded
+    tokens generate no weights, contribute nothing to real tokens and
+    receive zeros from token mixing; the block output is zero there. Real
+    tokens' outputs depend neither on what the padding holds nor on how
+    much padding follows them (position features count from the start of
+    the sequence).
+
+    **Note on length:** any length works, including a length that changes
+    between calls or is unknown when the model is built. The hidden state
+    `W1^T @ X` sums over the real tokens, so a model trained on short texts
+    sees larger sums on much longer ones; the layer normalization after
+    token mixing keeps the output scale in check.
+
+    Args:
+        token_mixing_size: int. Width of the generated token-mixing MLP,
+            which is also the hidden and output width of each hypernetwork.
+        channel_mixing_size: int. Hidden width of the channel-mixing MLP.
+        dropout_rate: float. Dropout after each MLP. Defaults to `0.0`.
+        layer_norm_epsilon: float. Defaults to `1e-5`.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor `(batch, sequence, hidden)`; `sequence` may be
+            any length.
+        padding_mask: optional tensor `(batch, sequence)`, nonzero for real
+            tokens.
+        training: bool, whether dropout is active.
+
+    Returns:
+        Float tensor with the shape of `inputs`.
+
+    Example:
+
+    >>> block = HyperMixerBlock(token_mixing_size=6, channel_mixing_size=12)
+    >>> tuple(block(np.ones((2, 8, 4)), padding_mask=np.ones((2, 8))).shape)
+    (2, 8, 4)
+    >>> tuple(block(np.ones((2, 5, 4))).shape)
+    (2, 5, 4)
+    """
+
+    def __init__(
+        self,
+        token_mixing_size,
+        channel_mixing_size,
+        dropout_rate=0.0,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        check_positive_int("token_mixing_size", token_mixing_size)
+        check_positive_int("channel_mixing_size", channel_mixing_size)
+        check_rate("dropout_rate", dropout_rate)
+        _check_epsilon(layer_norm_epsilon)
+        super().__init__(**kwargs)
+        self.token_mixing_size = token_mixing_size
+        self.channel_mixing_size = channel_mixing_size
+        self.dropout_rate = dropout_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.supports_masking = False
+
+    def _norm(self, name, input_shape):
+        norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name=name
+        )
+        norm.build(input_shape)
+        return norm
+
+    def _dense(self, units, input_shape, name, activation=None):
+        dense = keras.layers.Dense(units, activation=activation, name=name)
+        dense.build(input_shape)
+        return dense
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                "HyperMixerBlock expects inputs of shape (batch, sequence, "
+                f"hidden) with a known hidden size. Received shape: "
+                f"{input_shape}"
+            )
+        hidden_size = input_shape[-1]
+        hyper_shape = (*input_shape[:-1], self.token_mixing_size)
+        self.token_norm = self._norm("token_norm", input_shape)
+        # Two hypernetworks: token (+ position) -> its row of W1 / of W2.
+        self.hyper_in_dense_in = self._dense(
+            self.token_mixing_size, input_shape, "hyper_in_dense_in", "gelu"
+        )
+        self.hyper_in_dense_out = self._dense(
+            self.token_mixing_size, hyper_shape, "hyper_in_dense_out"
+        )
+        self.hyper_out_dense_in = self._dense(
+            self.token_mixing_size, input_shape, "hyper_out_dense_in", "gelu"
+        )
+        self.hyper_out_dense_out = self._dense(
+            self.token_mixing_size, hyper_shape, "hyper_out_dense_out"
+        )
+        self.mixing_norm = self._norm("mixing_norm", input_shape)
+        self.channel_norm = self._norm("channel_norm", input_shape)
+        self.channel_dense_in = self._dense(
+            self.channel_mixing_size, input_shape, "channel_dense_in", "gelu"
+        )
+        self.channel_dense_out = self._dense(
+            hidden_size,
+            (*input_shape[:-1], self.channel_mixing_size),
+            "channel_dense_out",
+        )
+        self.dropout = keras.layers.Dropout(self.dropout_rate)
+
+    def call(self, inputs, padding_mask=None, training=None):
+        mask = None
+        if padding_mask is not None:
+            mask = ops.expand_dims(ops.cast(padding_mask, inputs.dtype), -1)
+        length = inputs.shape[1]
+        if length is None:
+            length = ops.shape(inputs)[1]
+
+        # Token mixing, step 1: normalized tokens, padding zeroed.
+        x = self.token_norm(inputs)
+        if mask is not None:
+            x = x * mask
+
+        # Step 2: each token, with its position, generates its rows of the
+        # token-mixing weights; padded tokens generate zero rows.
+        positions = sinusoidal_positions(length, inputs.shape[-1], x.dtype)
+        hyper_inputs = x + ops.expand_dims(positions, 0)
+        w1 = self.hyper_in_dense_out(self.hyper_in_dense_in(hyper_inputs))
+        w2 = self.hyper_out_dense_out(self.hyper_out_dense_in(hyper_inputs))
+        if mask is not None:
+            w1 = w1 * mask
+            w2 = w2 * mask
+
+        # Step 3: the generated MLP across positions, W2 @ gelu(W1^T @ X):
+        # (batch, token_mixing, hidden), then back to (batch, seq, hidden).
+        hidden = ops.gelu(ops.matmul(ops.transpose(w1, (0, 2, 1)), x))
+        mixed = self.mixing_norm(ops.matmul(w2, hidden))
+        if mask is not None:
+            mixed = mixed * mask
+        x = inputs + self.dropout(mixed, training=training)
+
+        # Channel mixing: an MLP across features, applied to each token.
+        y = self.channel_norm(x)
+        y = self.channel_dense_out(self.channel_dense_in(y))
+        x = x + self.dropout(y, training=training)
+        if mask is not None:
+            x = x * mask
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "token_mixing_size": self.token_mixing_size,
+                "channel_mixing_size": self.channel_mixing_size,
+                "dropout_rate": self.dropout_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,804 @@
+"""`AssociativeMemory`: a modern-Hopfield memory (Ramsauer et al. 2020) with
+learned long-term slots and episodic slots written at inference, and
+`EpisodicLabelReadout`, which lets labelled episodic slots vote on a
+classifier's output."""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from neurolite_keras import memory_state
+from neurolite_keras.validation import check_positive_int
+
+# Score given to excluded slots before the softmax; their weight is then
+# multiplied by zero as well, so it is exactly zero.
+_EXCLUDED = -1e9
+# Label score of a label that no episodic slot carries (cosines are >= -1).
+ABSENT_LABEL_SCORE = -2.0
+
+
+def _l2_normalize(x):
+    # A zero vector stays zero (an empty text's key reads as no match).
+    return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
+
+
+def _masked_softmax(scores, valid):
+    """Softmax over the last axis where `valid` (0/1, broadcast) is 1."""
+    scores = ops.where(valid > 0, scores, _EXCLUDED)
+    scores = scores - ops.max(scores, axis=-1, keepdims=True)
+    weights = ops.exp(scores) * valid
+    return weights / ops.sum(weights, axis=-1, keepdims=True)
+
+
+def _first_max_one_hot(x):
+    """int32 one-hot of the first maximum along the last axis (no argmax)."""
+    is_max = ops.cast(x >= ops.max(x, axis=-1, keepdims=True), "int32")
+    first = ops.cast(ops.cumsum(is_max, axis=-1) == 1, "int32")
+    return is_max * first
+
+
+def _check_positive_float(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or value != value
+        or value == float("inf")
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive finite number. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="neurolite")
+class AssociativeMemory(keras.layers.Layer):
+    """Modern-Hopfield associative memory read by every token.
+
+    Each token queries a memory of two levels and adds what it reads to the
+    token stream. Long-term slots are trainable keys and values learned with
+    the rest of the model. Episodic slots are written at inference, one per
+    text, by `write()`: a phone can teach the model new examples without
+    retraining, keep them across restarts (`get_state` / `set_state`, or the
+    `.keras` file, since they are non-trainable weights) and see which one a
+    query recalled (`return_attention=True`).
+
+    Retrieval is one modern-Hopfield update (Ramsauer et al. 2020, "Hopfield
+    Networks is All You Need"): with `h = LayerNorm(inputs)`, the query of a
+    token is `q = normalize(W_q h)`, its weights over slots are
+    `softmax(beta * q . k_j)` over the long-term slots and the valid episodic
+    slots (keys are unit vectors, so `q . k` is a cosine), and the read is
+    the weighted sum of the slot values, merged through a learned gate:
+    `inputs + sigmoid(W_g [h, read]) * W_o read`. Empty episodic slots get
+    exactly zero weight. Cost is linear in the sequence length.
+
+    A text's key is the query of its pooled state: `normalize(W_q p)` where
+    `p` is the mean of `h` over the real tokens; its value is `p`. A later
+    text about the same content has a pooled query close to that key, and
+    its tokens read that slot's value.
+
+    Replacement policy (least recently used): every slot records the step of
+    its last use (`episodic_last_used`, `-1` for an empty slot). A write
+    stamps its slot with a fresh step; a read (outside training, when
+    `track_reads`) stamps the episodic slot that got the highest sentence
+    weight of a text. A write fills the empty slots first, in index order,
+    then replaces the least recently used slot. Batched writes fill slots in
+    the same order, as one-hot masks blended arithmetically: no scatter
+    operation, so the exported model holds TFLite built-in operators only.
+
+    Two ways to hold the episodic state:
+
+    - Variables (default): the layer reads its own non-trainable weights;
+      reads update the usage record; `write()` writes eagerly.
+    - Explicit state, for TFLite export: pass `state` (a dict of the five
+      arrays described in `neurolite_keras.memory_state`) and optionally
+      `write_mask` / `write_labels`; the layer returns the new state as an
+      extra output and changes no variable. Both paths run the same code,
+      so a sequence of calls gives the same numbers either way. In one call,
+      rows with `write_mask` 1 are written after every row has read the
+      incoming state; only the other rows count as reads for the usage
+      record.
+
+    **Note:** an empty text (no real token) reads like any other, but is
+    never written and its attention and label scores are empty (zeros and
+    `ABSENT_LABEL_SCORE`). Step stamps are int32: after 2**31 - 1 writes
+    and reads the counter overflows, which no phone will reach.
+
+    Args:
+        num_memory_slots: int. Learned long-term slots.
+        num_episodic_slots: int. Slots written at inference.
+        key_size: int. Width of queries and keys.
+        beta: float. Inverse temperature of the Hopfield update, applied to
+            cosine similarities. Defaults to `8.0`.
+        num_labels: int. When positive, episodic slots may carry labels in
+            `[0, num_labels)` and `return_label_scores` gives each label's
+            best match (for `EpisodicLabelReadout`). Defaults to `0`.
+        track_reads: bool. Whether reads refresh the usage record of the
+            slot they recall. Defaults to `True`.
+        layer_norm_epsilon: float. Defaults to `1e-5`.
+        keys_initializer: initializer of the long-term keys. Defaults to
+            a unit normal.
+        values_initializer: initializer of the long-term values. Defaults
+            to a unit normal.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor `(batch, sequence, hidden)`.
+        padding_mask: optional tensor `(batch, sequence)`, nonzero for real
+            tokens.
+        training: bool. During training the usage record is left alone.
+        return_attention: bool. Also return the sentence-level retrieval
+            weights `(batch, num_memory_slots + num_episodic_slots)`: the
+            softmax of `beta` times the cosine between the text's pooled
+            query and each key, long-term slots first, then episodic slot
+            `j` at column `num_memory_slots + j`. Each row sums to 1. Its
+            argmax over the episodic columns is the written text the query
+            recalls.
+        return_label_scores: bool. Also return `(batch, num_labels)`: per
+            label, the highest cosine between the pooled query and an
+            episodic slot with that label, `ABSENT_LABEL_SCORE` where no
+            slot has it. Requires `num_labels > 0`.
+        state: optional dict of tensors, the explicit episodic state.
+        write_mask: optional `(batch,)` tensor, 1 for the rows to write.
+            Only with `state`.
+        write_labels: optional int `(batch,)` tensor of labels for the
+            written rows (`-1`: none). Only with `state`.
+
+    Returns:
+        The updated token stream, shaped like `inputs`; with any of the
+        options, a tuple: the stream, then the attention, then the label
+        scores, then the new state, each only when asked for.
+
+    Example:
+
+    >>> memory = AssociativeMemory(
+    ...     num_memory_slots=4, num_episodic_slots=3, key_size=16)
+    >>> hidden = np.random.default_rng(0).normal(size=(1, 6, 8))
+    >>> hidden = hidden.astype("float32")
+    >>> tuple(memory(hidden).shape)
+    (1, 6, 8)
+    >>> memory.write(hidden).tolist()
+    [0]
+    >>> _, attention = memory(hidden, return_attention=True)
+    >>> int(np.argmax(ops.convert_to_numpy(attention)[0]))  # 0-3: long-term
+    4
+    """
+
+    def __init__(
+        self,
+        num_memory_slots,
+        num_episodic_slots,
+        key_size,
+        beta=8.0,
+        num_labels=0,
+        track_reads=True,
+        layer_norm_epsilon=1e-5,
+        keys_initializer=None,
+        values_initializer=None,
+        **kwargs,
+    ):
+        check_positive_int("num_memory_slots", num_memory_slots)
+        check_positive_int("num_episodic_slots", num_episodic_slots)
+        check_positive_int("key_size", key_size)
+        beta = _check_positive_float("beta", beta)
+        if (
+            isinstance(num_labels, bool)
+            or not isinstance(num_labels, int)
+            or num_labels < 0
+        ):
+            raise ValueError(
+                "`num_labels` must be a non-negative integer. "
+                f"Received: num_labels={num_labels!r}"
+            )
+        if not isinstance(track_reads, bool):
+            raise ValueError(
+                "`track_reads` must be True or False. "
+                f"Received: track_reads={track_reads!r}"
+            )
+        layer_norm_epsilon = _check_positive_float(
+            "layer_norm_epsilon", layer_norm_epsilon
+        )
+        super().__init__(**kwargs)
+        self.num_memory_slots = num_memory_slots
+        self.num_episodic_slots = num_episodic_slots
+        self.key_size = key_size
+        self.beta = beta
+        self.num_labels = num_labels
+        self.track_reads = track_reads
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.keys_initializer = keras.initializers.get(
+            keys_initializer or keras.initializers.RandomNormal(stddev=1.0)
+        )
+        self.values_initializer = keras.initializers.get(
+            values_initializer or keras.initializers.RandomNormal(stddev=1.0)
+        )
+        self.value_size = None
+        self.supports_masking = False
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                "AssociativeMemory expects inputs of shape (batch, sequence, "
+                f"hidden) with a known hidden size. Received: {input_shape}"
+            )
+        hidden_size = input_shape[-1]
+        self.value_size = hidden_size
+        self.input_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="input_norm"
+        )
+        self.input_norm.build(input_shape)
+        self.query_dense = keras.layers.Dense(self.key_size, name="query")
+        self.query_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(hidden_size, name="output")
+        self.output_dense.build(input_shape)
+        self.gate_dense = keras.layers.Dense(
+            hidden_size, activation="sigmoid", name="gate"
+        )
+        self.gate_dense.build((*input_shape[:-1], 2 * hidden_size))
+        self.memory_keys = self.add_weight(
+            name="memory_keys",
+            shape=(self.num_memory_slots, self.key_size),
+            initializer=self.keys_initializer,
+        )
+        self.memory_values = self.add_weight(
+            name="memory_values",
+            shape=(self.num_memory_slots, hidden_size),
+            initializer=self.values_initializer,
+        )
+        # The episodic state: non-trainable, so saved with the model.
+        shapes = memory_state.memory_state_shapes(
+            self.num_episodic_slots, self.key_size, hidden_size
+        )
+        empty = memory_state.empty_memory_state(
+            self.num_episodic_slots, self.key_size, hidden_size
+        )
+        for name in memory_state.STATE_FIELDS:
+            variable = self.add_weight(
+                name=name,
+                shape=shapes[name],
+                dtype=str(empty[name].dtype),
+                initializer=keras.initializers.Constant(
+                    float(empty[name].flat[0])
+                ),
+                trainable=False,
+            )
+            setattr(self, name, variable)
+
+    # Reading and writing, shared by the variable and explicit-state paths.
+
+    def _variable_state(self):
+        return {name: getattr(self, name) for name in memory_state.STATE_FIELDS}
+
+    def _encode(self, inputs, padding_mask):
+        """Normalized tokens, the mask, and each text's pooled state and
+        query (the key it would be written with)."""
+        dtype = inputs.dtype
+        if padding_mask is None:
+            mask = ops.ones(ops.shape(inputs)[:2], dtype=dtype)
+        else:
+            mask = ops.cast(padding_mask, dtype)
+        mask = ops.expand_dims(mask, -1)
+        count = ops.sum(mask, axis=1)
+        h = self.input_norm(inputs)
+        pooled = ops.sum(h * mask, axis=1) / ops.maximum(count, 1.0)
+        sentence_query = _l2_normalize(self.query_dense(pooled))
+        return h, mask, ops.cast(count > 0, dtype), pooled, sentence_query
+
+    def _step(
+        self, inputs, padding_mask, state, write_mask, write_labels, track
+    ):
+        """One read and optional write; returns (results, new_state)."""
+        m = self.num_memory_slots
+        dtype = inputs.dtype
+        h, mask, has_tokens, pooled, sentence_query = self._encode(
+            inputs, padding_mask
+        )
+
+        # The slots: long-term first, then episodic; empty ones excluded.
+        last_used = ops.cast(state["episodic_last_used"], "int32")
+        valid_episodic = ops.cast(last_used >= 0, dtype)
+        keys = ops.concatenate(
+            [
+                _l2_normalize(ops.cast(self.memory_keys, dtype)),
+                _l2_normalize(ops.cast(state["episodic_keys"], dtype)),
+            ],
+            axis=0,
+        )
+        values = ops.concatenate(
+            [
+                ops.cast(self.memory_values, dtype),
+                ops.cast(state["episodic_values"], dtype),
+            ],
+            axis=0,
+        )
+        valid = ops.concatenate(
+            [ops.ones((m,), dtype=dtype), valid_episodic], axis=0
+        )
+
+        # Token retrieval: one Hopfield update per token, then the gate.
+        queries = _l2_normalize(self.query_dense(h))
+        weights = _masked_softmax(
+            self.beta * ops.matmul(queries, ops.transpose(keys)), valid
+        )
+        read = ops.matmul(weights, values)
+        gate = self.gate_dense(ops.concatenate([h, read], axis=-1))
+        outputs = inputs + mask * gate * self.output_dense(read)
+
+        # Sentence retrieval: the pooled query against every key.
+        similarity = ops.matmul(sentence_query, ops.transpose(keys))
+        attention = _masked_softmax(self.beta * similarity, valid)
+        attention = attention * has_tokens
+        results = {"outputs": outputs, "attention": attention}
+        if self.num_labels:
+            scores = self._label_scores(
+                similarity[:, m:], state["episodic_labels"], valid_episodic
+            )
+            results["label_scores"] = scores * has_tokens + (
+                ABSENT_LABEL_SCORE * (1.0 - has_tokens)
+            )
+
+        new_state, _ = self._update_state(
+            state,
+            attention if track else None,
+            sentence_query,
+            pooled,
+            has_tokens[:, 0],
+            write_mask,
+            write_labels,
+        )
+        return results, new_state
+
+    def _label_scores(self, similarity, labels, valid_episodic):
+        num_labels = self.num_labels
+        dtype = similarity.dtype
+        labels = ops.cast(labels, "int32")
+        labelled = (
+            valid_episodic
+            * ops.cast(labels >= 0, dtype)
+            * ops.cast(labels < num_labels, dtype)
+        )
+        one_hot = ops.one_hot(
+            ops.clip(labels, 0, num_labels - 1), num_labels, dtype=dtype
+        ) * ops.expand_dims(labelled, -1)
+        per_slot = ops.where(
+            ops.expand_dims(one_hot, 0) > 0,
+            ops.expand_dims(similarity, -1),
+            ABSENT_LABEL_SCORE,
+        )
+        return ops.max(per_slot, axis=1)
+
+    def _update_state(
+        self,
+        state,
+        attention,
+        sentence_query,
+        pooled,
+        has_tokens,
+        write_mask,
+        write_labels,
+    ):
+        """The state after the reads (when `attention` is given, each
+        reading text stamps the slot it recalls) and the writes (when
+        `write_mask` is given); also returns the int32 `(batch, slots)`
+        one-hot of the slot each written row went to, or `None`."""
+        m = self.num_memory_slots
+        e = self.num_episodic_slots
+        step = ops.cast(state["episodic_step"], "int32")
+        last_used = ops.cast(state["episodic_last_used"], "int32")
+        nonempty = ops.cast(has_tokens > 0, "int32")
+        writing = nonempty if write_mask is not None else None
+        if writing is not None:
+            writing = writing * ops.cast(
+                ops.cast(write_mask, "float32") > 0, "int32"
+            )
+
+        # Reads: each reading text stamps the episodic slot it recalls most.
+        if attention is not None:
+            reading = nonempty if writing is None else nonempty - writing
+            top = _first_max_one_hot(attention)[:, m:]
+            touched = ops.max(top * ops.expand_dims(reading, -1), axis=0)
+            touched = touched * ops.cast(last_used >= 0, "int32")
+            step = step + ops.max(touched)
+            last_used = ops.where(touched > 0, step, last_used)
+
+        new_state = {
+            "episodic_keys": ops.cast(state["episodic_keys"], "float32"),
+            "episodic_values": ops.cast(state["episodic_values"], "float32"),
+            "episodic_labels": ops.cast(state["episodic_labels"], "int32"),
+            "episodic_last_used": last_used,
+            "episodic_step": step,
+        }
+        if writing is None:
+            return new_state, None
+
+        # Writes: the k-th written row takes the slot of rank k, where empty
+        # slots rank first by index, then the least recently used. When
+        # more rows than slots are written, only the last `e` are kept.
+        num_written = ops.sum(writing)
+        position = ops.cumsum(writing) - 1 - ops.maximum(num_written - e, 0)
+        keep = writing * ops.cast(position >= 0, "int32")
+        earlier = ops.convert_to_tensor(np.tril(np.ones((e, e), "int32"), -1))
+        before = ops.cast(
+            ops.expand_dims(last_used, 0) < ops.expand_dims(last_used, 1),
+            "int32",
+        )
+        tied = ops.cast(
+            ops.expand_dims(last_used, 0) == ops.expand_dims(last_used, 1),
+            "int32",
+        )
+        rank = ops.sum(before + tied * earlier, axis=1)
+        assignment = ops.expand_dims(keep, -1) * ops.cast(
+            ops.expand_dims(rank, 0) == ops.expand_dims(position, -1), "int32"
+        )
+        assigned = ops.max(assignment, axis=0)
+        blend = ops.cast(ops.transpose(assignment), "float32")
+        kept = ops.expand_dims(1.0 - ops.cast(assigned, "float32"), -1)
+        new_state["episodic_keys"] = new_state[
+            "episodic_keys"
+        ] * kept + ops.matmul(blend, ops.cast(sentence_query, "float32"))
+        new_state["episodic_values"] = new_state[
+            "episodic_values"
+        ] * kept + ops.matmul(blend, ops.cast(pooled, "float32"))
+        if write_labels is None:
+            labels_in = -ops.ones_like(writing)
+        else:
+            labels_in = ops.cast(write_labels, "int32")
+        new_labels = ops.sum(assignment * ops.expand_dims(labels_in, -1), 0)
+        new_state["episodic_labels"] = ops.where(
+            assigned > 0, new_labels, new_state["episodic_labels"]
+        )
+        stamps = step + 1 + position
+        new_stamps = ops.sum(assignment * ops.expand_dims(stamps, -1), 0)
+        new_state["episodic_last_used"] = ops.where(
+            assigned > 0, new_stamps, last_used
+        )
+        new_state["episodic_step"] = step + ops.minimum(num_written, e)
+        return new_state, assignment
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        training=None,
+        return_attention=False,
+        return_label_scores=False,
+        state=None,
+        write_mask=None,
+        write_labels=None,
+    ):
+        if return_label_scores and not self.num_labels:
+            raise ValueError(
+                "`return_label_scores=True` needs a memory built with "
+                f"num_labels > 0. Received: num_labels={self.num_labels}"
+            )
+        if state is None and (
+            write_mask is not None or write_labels is not None
+        ):
+            raise ValueError(
+                "`write_mask` and `write_labels` need an explicit `state`; "
+                "to write into the layer's own slots, call `write()`."
+            )
+        explicit = state is not None
+        if not explicit:
+            state = self._variable_state()
+        track = self.track_reads and not training
+        results, new_state = self._step(
+            inputs, padding_mask, state, write_mask, write_labels, track
+        )
+        if not explicit and track:
+            self.episodic_last_used.assign(new_state["episodic_last_used"])
+            self.episodic_step.assign(new_state["episodic_step"])
+
+        outputs = [results["outputs"]]
+        if return_attention:
+            outputs.append(results["attention"])
+        if return_label_scores:
+            outputs.append(results["label_scores"])
+        if explicit:
+            outputs.append(new_state)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    # Eager state handling (outside `model.fit`).
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(
+                f"AssociativeMemory '{self.name}' is not built yet, so it has "
+                f"no episodic slots to {what}. Call it on a batch first."
+            )
+
+    def write(self, keys_source, padding_mask=None, labels=None):
+        """Writes one episodic slot per text; returns the slots written.
+
+        Each text's key is its pooled query and its value its pooled state
+        (see the class docstring); slots are chosen by the replacement
+        policy. Runs eagerly, outside `model.fit`.
+
+        - An empty batch is a no-op and returns an empty array.
+        - A text with no real token is not written (slot `-1`, a warning).
+        - More texts than `num_episodic_slots`: only the last ones are kept
+          (slot `-1` for the others, a warning).
+
+        Args:
+            keys_source: float array `(batch, sequence, hidden)`, the
+                memory's input for the texts (the backbone's output).
+            padding_mask: optional array `(batch, sequence)`, nonzero for
+                real tokens.
+            labels: optional int sequence `(batch,)`; `-1` for no label.
+                With `num_labels > 0`, labels must be below it.
+
+        Returns:
+            int32 NumPy array `(batch,)`: the slot index of each text.
+        """
+        shape = tuple(ops.shape(keys_source))
+        if len(shape) != 3:
+            raise ValueError(
+                "`keys_source` must have shape (batch, sequence, hidden), "
+                f"the memory's input. Received shape: {shape}"
+            )
+        if not self.built:
+            self.build(shape)
+        if shape[-1] != self.value_size:
+            raise ValueError(
+                f"`keys_source` has hidden size {shape[-1]}; memory "
+                f"'{self.name}' was built for {self.value_size}."
+            )
+        batch = shape[0]
+        if padding_mask is not None:
+            mask_shape = tuple(ops.shape(padding_mask))
+            if mask_shape != shape[:2]:
+                raise ValueError(
+                    f"`padding_mask` must have shape {shape[:2]}. "
+                    f"Received shape: {mask_shape}"
+                )
+        labels = self._check_labels(labels, batch)
+        if batch == 0:
+            return np.zeros((0,), "int32")
+
+        if padding_mask is None:
+            nonempty = np.ones((batch,), bool)
+        else:
+            nonempty = ops.convert_to_numpy(padding_mask).sum(axis=1) > 0
+        if not nonempty.all():
+            warnings.warn(
+                f"Texts {np.flatnonzero(~nonempty).tolist()} have no tokens "
+                "and were not written to episodic memory.",
+                stacklevel=2,
+            )
+        if nonempty.sum() > self.num_episodic_slots:
+            warnings.warn(
+                f"Writing {int(nonempty.sum())} texts into "
+                f"{self.num_episodic_slots} episodic slots: only the last "
+                f"{self.num_episodic_slots} are kept.",
+                stacklevel=2,
+            )
+
+        inputs = ops.cast(keys_source, self.compute_dtype)
+        _, _, has_tokens, pooled, sentence_query = self._encode(
+            inputs, padding_mask
+        )
+        new_state, assignment = self._update_state(
+            self._variable_state(),
+            None,
+            sentence_query,
+            pooled,
+            has_tokens[:, 0],
+            ops.ones((batch,), dtype="int32"),
+            ops.convert_to_tensor(labels),
+        )
+        for name in memory_state.STATE_FIELDS:
+            getattr(self, name).assign(new_state[name])
+        assignment = ops.convert_to_numpy(assignment)
+        return np.where(
+            assignment.any(axis=1), assignment.argmax(axis=1), -1
+        ).astype("int32")
+
+    def _check_labels(self, labels, batch):
+        if labels is None:
+            return np.full((batch,), -1, "int32")
+        array = np.asarray(labels)
+        if array.shape != (batch,) or (
+            array.size and array.dtype.kind not in "iu"
+        ):
+            raise ValueError(
+                f"`labels` must be {batch} integers, one per text. "
+                f"Received: {labels!r:.80}"
+            )
+        upper = self.num_labels if self.num_labels else np.iinfo("int32").max
+        bad = (array < -1) | (array >= upper)
+        if bad.any():
+            raise ValueError(
+                f"`labels` must be -1 (none) or in [0, {upper}). Received "
+                f"{array[bad][0]} at position {int(np.flatnonzero(bad)[0])}"
+            )
+        return array.astype("int32")
+
+    def reset(self):
+        """Empties every episodic slot and sets the step counter to 0."""
+        self._require_built("reset")
+        empty = memory_state.empty_memory_state(
+            self.num_episodic_slots, self.key_size, self.value_size
+        )
+        for name, value in empty.items():
+            getattr(self, name).assign(value)
+
+    def get_state(self):
+        """Returns the episodic state as a dict of NumPy arrays (copies)."""
+        self._require_built("read")
+        return {
+            name: np.array(ops.convert_to_numpy(getattr(self, name)))
+            for name in memory_state.STATE_FIELDS
+        }
+
+    def set_state(self, state):
+        """Replaces the episodic state after checking all of it.
+
+        Raises:
+            ValueError: a name, shape (slot count included), dtype or value
+                is wrong; the current memory is then left unchanged.
+        """
+        self._require_built("set")
+        clean = memory_state.validate_memory_state(
+            state,
+            self.num_episodic_slots,
+            self.key_size,
+            self.value_size,
+            num_labels=self.num_labels,
+            where=f"AssociativeMemory '{self.name}'.set_state",
+        )
+        for name in memory_state.STATE_FIELDS:
+            getattr(self, name).assign(clean[name])
+
+    def compute_output_spec(
+        self,
+        inputs,
+        padding_mask=None,
+        training=None,
+        return_attention=False,
+        return_label_scores=False,
+        state=None,
+        write_mask=None,
+        write_labels=None,
+    ):
+        batch = inputs.shape[0]
+        dtype = self.compute_dtype
+        outputs = [keras.KerasTensor(inputs.shape, dtype=dtype)]
+        if return_attention:
+            slots = self.num_memory_slots + self.num_episodic_slots
+            outputs.append(keras.KerasTensor((batch, slots), dtype=dtype))
+        if return_label_scores:
+            outputs.append(
+                keras.KerasTensor((batch, self.num_labels), dtype=dtype)
+            )
+        if state is not None:
+            shapes = memory_state.memory_state_shapes(
+                self.num_episodic_slots, self.key_size, inputs.shape[-1]
+            )
+            outputs.append(
+                {
+                    name: keras.KerasTensor(
+                        shapes[name],
+                        dtype="float32"
+                        if name in memory_state.FLOAT_FIELDS
+                        else "int32",
+                    )
+                    for name in memory_state.STATE_FIELDS
+                }
+            )
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_memory_slots": self.num_memory_slots,
+                "num_episodic_slots": self.num_episodic_slots,
+                "key_size": self.key_size,
+                "beta": self.beta,
+                "num_labels": self.num_labels,
+                "track_reads": self.track_reads,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "keys_initializer": keras.initializers.serialize(
+                    self.keys_initializer
+                ),
+                "values_initializer": keras.initializers.serialize(
+                    self.values_initializer
+                ),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="neurolite")
+class EpisodicLabelReadout(keras.layers.Layer):
+    """Mixes a classifier's softmax with votes from labelled episodic slots.
+
+    For classifying into labels the classifier never saw in training: write
+    a few labelled examples of a new label into an `AssociativeMemory`
+    (built with `num_labels`); a text close to one of them then takes that
+    label, and a text close to none keeps the classifier's prediction.
+
+    With `s_l` the label scores of the memory (the best cosine between the
+    text's pooled query and a slot labelled `l`), each present label gets
+    `e_l = exp(label_beta * (s_l - recall_threshold))`, and a "no match"
+    option gets `1`. The votes are `v_l = e_l / (1 + sum e)`, their mass
+    `m = sum v`, and the output is the log of
+    `p(l) = (1 - m) * softmax(logits)(l) + v_l`. `recall_threshold` is the
+    cosine at which a match and "no match" weigh the same; `label_beta`
+    sets how fast the votes take over above it. With no labelled slot the
+    output is exactly `log_softmax(logits)`, so a model trained with an
+    empty memory trains as a plain classifier on these outputs (use them
+    as logits: their softmax is `p`).
+
+    Args:
+        label_beta: float. Sharpness of the votes. Defaults to `20.0`.
+        recall_threshold: float in `(-1, 1)`. Cosine of an even match.
+            Defaults to `0.7`.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        logits: float tensor `(batch, num_labels)`.
+        label_scores: float tensor `(batch, num_labels)`, from
+            `AssociativeMemory(..., return_label_scores=True)`.
+
+    Returns:
+        Float tensor `(batch, num_labels)` of log-probabilities.
+
+    Example:
+
+    >>> readout = EpisodicLabelReadout(label_beta=20.0, recall_threshold=0.7)
+    >>> logits = np.array([[2.0, 0.0, 0.0]], "float32")
+    >>> scores = np.array([[-2.0, -2.0, 0.95]], "float32")  # label 2 matches
+    >>> int(np.argmax(ops.convert_to_numpy(readout(logits, scores))[0]))
+    2
+    """
+
+    def __init__(self, label_beta=20.0, recall_threshold=0.7, **kwargs):
+        label_beta = _check_positive_float("label_beta", label_beta)
+        if (
+            isinstance(recall_threshold, bool)
+            or not isinstance(recall_threshold, (int, float))
+            or not -1.0 < recall_threshold < 1.0
+        ):
+            raise ValueError(
+                "`recall_threshold` must be a number in (-1, 1). "
+                f"Received: recall_threshold={recall_threshold!r}"
+            )
+        super().__init__(**kwargs)
+        self.label_beta = label_beta
+        self.recall_threshold = float(recall_threshold)
+
+    def call(self, logits, label_scores):
+        label_scores = ops.cast(label_scores, logits.dtype)
+        present = ops.cast(label_scores > ABSENT_LABEL_SCORE / 2, logits.dtype)
+        z = self.label_beta * (label_scores - self.recall_threshold)
+        z = ops.where(present > 0, z, _EXCLUDED)
+        top = ops.maximum(ops.max(z, axis=-1, keepdims=True), 0.0)
+        evidence = ops.exp(z - top) * present
+        votes = evidence / (ops.exp(-top) + ops.sum(evidence, -1, True))
+        mass = ops.minimum(ops.sum(votes, axis=-1, keepdims=True), 1 - 1e-6)
+        log_probabilities = ops.log_softmax(logits, axis=-1)
+        mixed = ops.logaddexp(
+            log_probabilities + ops.log1p(-mass), ops.log(votes + 1e-30)
+        )
+        any_present = ops.max(present, axis=-1, keepdims=True)
+        return ops.where(any_present > 0, mixed, log_probabilities)
+
+    def compute_output_shape(self, logits_shape, label_scores_shape):
+        return logits_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "label_beta": self.label_beta,
+                "recall_threshold": self.recall_threshold,
+            }
+        )
+        return config

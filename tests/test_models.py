@@ -1,0 +1,172 @@
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
+from neurolite_keras import NeuroLiteModel
+from neurolite_keras import load_model
+from neurolite_keras.datasets import TextSplit
+from neurolite_keras.datasets import load_sib200
+from neurolite_keras.evaluation import evaluate_predictor
+
+SMALL = dict(
+    hidden_size=32, projection_size=32, num_mixer_layers=2,
+    bloom_filter_size=512, max_sequence_length=32, token_mixing_size=16,
+    channel_mixing_size=64, num_hashes=8,
+)
+BAD_TEXTS = [
+    "",
+    "   \t ",
+    "Paris " * 20_000,
+    "y" * 100_000,
+    "Je ❤️ Paris 👩‍👩‍👧 東京 Москва مرحبا हिन्दी",
+]
+
+
+@pytest.fixture(scope="module")
+def french():
+    data = load_sib200(os.environ["NEUROLITE_DATA_DIR"],
+                       languages=["fra_Latn"])
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(french, tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = NeuroLiteForClassification(
+        NeuroLiteConfig(**SMALL), label_names=french.label_names
+    )
+    model.compile()
+    history = model.fit(
+        french.train.texts, french.train.labels, batch_size=32, epochs=3,
+        validation_data=(french.dev.texts, french.dev.labels), verbose=0,
+    )
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return model, history, path
+
+
+def test_backbone_maps_texts_to_token_vectors():
+    model = NeuroLiteModel(NeuroLiteConfig(**SMALL))
+    outputs = model(input_texts=["NeuroLite est une architecture légère."])
+    assert tuple(outputs.shape) == (1, 32, 32)
+    embedding = keras.ops.mean(outputs, axis=1)
+    assert tuple(embedding.shape) == (1, 32)
+    with pytest.raises(ValueError, match="not both"):
+        model(model.featurize(["a"]), input_texts=["a"])
+
+
+def test_fit_on_raw_text_learns(trained, french):
+    model, history, _ = trained
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert "val_accuracy" in history.history
+    result = evaluate_predictor(model, french.dev)
+    assert result["accuracy"] > 1.5 / 7, result
+
+
+def test_predict_on_strings_returns_logits(trained):
+    model, _, _ = trained
+    outputs = model.predict(["Le match de football", "La santé"], verbose=0)
+    assert outputs["logits"].shape == (2, 7)
+    (best,) = model.classify(["Le match de football"])
+    assert best[0][0] in model.label_names and 0 <= best[0][1] <= 1
+    label = np.argmax(model(input_texts=["Texte"])["logits"], axis=1)
+    assert label.shape == (1,)
+
+
+def test_saved_model_reloads_with_the_same_predictions(trained):
+    model, _, path = trained
+    texts = ["Le président a signé la loi.", "Un vaccin contre la grippe"]
+    reloaded = load_model(path)
+    assert isinstance(reloaded, NeuroLiteForClassification)
+    assert reloaded.label_names == model.label_names
+    np.testing.assert_allclose(
+        reloaded.predict(texts, verbose=0)["logits"],
+        model.predict(texts, verbose=0)["logits"], rtol=1e-5, atol=1e-5,
+    )
+
+
+OTHER_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
+
+
+@pytest.mark.parametrize("backend", ["same", "other"])
+def test_fresh_process_and_other_backend_give_the_same_predictions(
+    trained, backend
+):
+    model, _, path = trained
+    texts = ["Le président a signé la loi.", "Un vaccin contre la grippe"]
+    name = keras.backend.backend()
+    if backend == "other":
+        name = OTHER_BACKEND[name]
+    script = (
+        "import json, sys\n"
+        "from neurolite_keras import load_model\n"
+        "model = load_model(sys.argv[1])\n"
+        "texts = json.loads(sys.argv[2])\n"
+        "print(json.dumps(model.predict(texts, verbose=0)['logits']"
+        ".tolist()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path), json.dumps(texts)],
+        env=dict(os.environ, KERAS_BACKEND=name), capture_output=True,
+        text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    logits = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(
+        logits, model.predict(texts, verbose=0)["logits"], rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_odd_texts_give_finite_probabilities(trained):
+    model, _, _ = trained
+    probabilities = model.predict_proba(BAD_TEXTS)
+    assert probabilities.shape == (len(BAD_TEXTS), 7)
+    assert np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    # Empty and whitespace-only texts have no tokens: same prediction,
+    # from the biases alone.
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [None, 42, 3.5])
+def test_non_string_texts_are_rejected_by_position(trained, bad):
+    model, _, _ = trained
+    with pytest.raises(TypeError, match=r"x\[1\]` must be a str"):
+        model.predict(["ok", bad, "ok"], verbose=0)
+
+
+def test_unknown_labels(trained):
+    model, _, _ = trained
+    with pytest.raises(ValueError, match="'cuisine'"):
+        model.evaluate(["Une recette"], ["cuisine"], verbose=0)
+    split = TextSplit(["Une recette", "Le match"], ["cuisine", "sports"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_predictor(model, split)
+    assert result["unknown_labels"] == {"cuisine": 1}
+    assert result["accuracy"] <= 0.5
+    assert any("cuisine" in str(w.message) for w in caught)
+
+
+def test_empty_batch_predicts_nothing(trained):
+    model, _, _ = trained
+    assert model.predict([], verbose=0)["logits"].shape == (0, 7)
+
+
+def test_label_arguments_are_checked():
+    config = NeuroLiteConfig(**SMALL)
+    with pytest.raises(ValueError, match="num_labels=0"):
+        NeuroLiteForClassification(config, num_labels=0)
+    with pytest.raises(ValueError, match="duplicates"):
+        NeuroLiteForClassification(config, label_names=["a", "a"])
+    with pytest.raises(ValueError, match="`num_labels`=3"):
+        NeuroLiteForClassification(config, num_labels=3, label_names=["a"])
