@@ -19,10 +19,15 @@ What is timed: one call of the backend's compiled forward function (on
 JAX, `jax.jit` of `model.stateless_call`, waited on with
 `block_until_ready`; on TensorFlow, a `tf.function` of `model(x)`; on
 torch, `model(x)` under `torch.no_grad()`), on inputs already on the
-device. Each model gets `--warmup` untimed calls (compilation included),
-then `--repeats` timed calls, taken round-robin across the models of one
-(width, length) so that load on a shared machine hits them alike; the
-figure is the median. It prints a markdown table (milliseconds),
+device. Each model gets `--warmup` untimed calls (compilation included;
+after the first, no new one starts once 20 s are spent). Then come
+`--repeats` rounds over every model and length of one width, in a new
+random order each round, so that load on a shared machine, which comes
+and goes, hits them alike and ratios compare like with like; in a round
+each model and length is called back to back for at least 0.25 s (once
+at least), each call timed on its own (no new round starts after
+`--width-budget` seconds once 3 are done). The figures are the median
+and the minimum of those calls. It prints markdown tables (milliseconds),
 t(4096)/t(512) per model (linear cost gives about 8) and the issue's aims
 (every NeuroLite mixer at most 9, and faster than the Transformer at every
 length from 256 up), and writes `mixer_scaling.md`, `mixer_scaling.json`
@@ -36,6 +41,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -58,13 +64,17 @@ WIDTHS = {
         "token_mixing_size": 128,
     },
 }
-MODELS = ("mlp", "hypermixer", "fnet-fft", "transformer")
-MIXERS = ("mlp", "hypermixer", "fnet-fft")
+MODELS = ("mlp", "hypermixer", "fnet-fft", "fnet-dft", "transformer")
+DEFAULT_MODELS = ("mlp", "hypermixer", "fnet-fft", "transformer")
+MIXERS = ("mlp", "hypermixer", "fnet-fft", "fnet-dft")
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 NUM_BUCKETS = 4096
 NUM_HASHES = 16
 MAX_RATIO = 9.0
 COMPARE_FROM_LENGTH = 256
+MIN_REPEATS = 3
+WARMUP_BUDGET_S = 20.0
+BURST_S = 0.25
 
 TIMED = {
     "jax": "jax.jit(model.stateless_call)(...).block_until_ready()",
@@ -121,14 +131,26 @@ def parse_args(argv=None):
     parser.add_argument(
         "--models",
         type=_name_list(MODELS),
-        default=list(MODELS),
-        help=f"comma-separated models among {','.join(MODELS)} (default: all)",
+        default=list(DEFAULT_MODELS),
+        help=f"comma-separated models among {','.join(MODELS)} "
+        f"(default: {','.join(DEFAULT_MODELS)})",
     )
     parser.add_argument(
-        "--repeats", type=int, default=7, help="timed calls per model"
+        "--repeats",
+        type=int,
+        default=7,
+        help="timed rounds; each times every model and length for at least "
+        f"{BURST_S} s (default: %(default)s)",
     )
     parser.add_argument(
         "--warmup", type=int, default=3, help="untimed calls per model"
+    )
+    parser.add_argument(
+        "--width-budget",
+        type=float,
+        default=600.0,
+        help="seconds of timed rounds per width after which no new round "
+        f"starts, once {MIN_REPEATS} rounds are done (default: %(default)s)",
     )
     parser.add_argument(
         "--output-dir",
@@ -146,6 +168,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if not args.width_budget > 0:
+        parser.error(
+            f"--width-budget must be positive, got {args.width_budget}"
+        )
     if args.warmup < 1:
         parser.error(f"--warmup must be at least 1, got {args.warmup}")
     return args
@@ -252,72 +278,111 @@ def make_inputs(length, seed):
     }
 
 
+def _warm_up(run, inputs, count):
+    start = time.perf_counter()
+    for index in range(count):
+        # The first call compiles; later ones only settle caches, so a model
+        # slow enough to pass the budget skips them.
+        if index and time.perf_counter() - start > WARMUP_BUDGET_S:
+            break
+        run(inputs)
+    return time.perf_counter() - start
+
+
 def measure(args):
-    """Median latency (ms) of every (width, model, length); prints as it
-    goes."""
+    """Latencies (ms) of every (width, model, length); prints as it goes."""
     import keras
 
+    order = random.Random(args.seed)
     results = []
     for width in args.widths:
+        runners = {}
         for length in args.lengths:
-            keras.utils.set_random_seed(args.seed)
             inputs = make_inputs(length, args.seed)
-            runners = {}
             for kind in args.models:
+                keras.utils.set_random_seed(args.seed)
                 model = build_model(kind, width, length)
                 run = compiled_forward(model, args.backend)
-                start = time.perf_counter()
-                for _ in range(args.warmup):
-                    run(inputs)
-                warmup_s = time.perf_counter() - start
-                runners[kind] = (model, run, warmup_s)
-            times = {kind: [] for kind in runners}
-            for _ in range(args.repeats):
-                for kind, (_, run, _) in runners.items():
-                    start = time.perf_counter()
-                    run(inputs)
-                    times[kind].append(1e3 * (time.perf_counter() - start))
-            for kind, (model, _, warmup_s) in runners.items():
-                median = statistics.median(times[kind])
-                results.append(
-                    {
-                        "width": width,
-                        "model": kind,
-                        "length": length,
-                        "median_ms": median,
-                        "times_ms": times[kind],
-                        "warmup_s": warmup_s,
-                        "num_parameters": model.count_params(),
-                    }
-                )
+                warmup_s = _warm_up(run, inputs, args.warmup)
+                runners[kind, length] = (model, run, inputs, warmup_s)
                 print(
-                    f"{width:4s} {kind:11s} length {length:5d}: "
-                    f"{median:10.2f} ms (median of {args.repeats}; "
-                    f"warm-up {warmup_s:.1f} s)",
+                    f"{width:4s} {kind:11s} length {length:5d}: compiled and "
+                    f"warmed up in {warmup_s:.1f} s",
                     flush=True,
                 )
-            del runners
+        # Rounds over every (model, length) of this width, in a new random
+        # order each round, so load on the shared machine, which comes and
+        # goes, hits every model and length alike. In a round each one is
+        # called back to back for at least BURST_S seconds (once at least),
+        # every call timed on its own.
+        times = {key: [] for key in runners}
+        width_start = time.perf_counter()
+        for round_index in range(args.repeats):
+            if (
+                round_index >= MIN_REPEATS
+                and time.perf_counter() - width_start > args.width_budget
+            ):
+                break
+            keys = list(runners)
+            order.shuffle(keys)
+            for key in keys:
+                _, run, inputs, _ = runners[key]
+                burst_start = time.perf_counter()
+                while True:
+                    start = time.perf_counter()
+                    run(inputs)
+                    end = time.perf_counter()
+                    times[key].append(1e3 * (end - start))
+                    if end - burst_start >= BURST_S:
+                        break
+            print(
+                f"{width}: round {round_index + 1} done, "
+                f"{time.perf_counter() - width_start:.0f} s",
+                flush=True,
+            )
+        for (kind, length), (model, _, _, warmup_s) in runners.items():
+            samples = times[kind, length]
+            results.append(
+                {
+                    "width": width,
+                    "model": kind,
+                    "length": length,
+                    "median_ms": statistics.median(samples),
+                    "min_ms": min(samples),
+                    "num_calls": len(samples),
+                    "times_ms": samples,
+                    "warmup_s": warmup_s,
+                    "num_parameters": model.count_params(),
+                }
+            )
+            print(
+                f"{width:4s} {kind:11s} length {length:5d}: "
+                f"median {statistics.median(samples):9.2f} ms, "
+                f"min {min(samples):9.2f} ms ({len(samples)} calls)",
+                flush=True,
+            )
+        del runners
     return results
 
 
-def _median(results, width, model, length):
+def _stat(results, width, model, length, statistic):
     for row in results:
         if (row["width"], row["model"], row["length"]) == (
             width,
             model,
             length,
         ):
-            return row["median_ms"]
+            return row[f"{statistic}_ms"]
     return None
 
 
-def summarize(results, args):
-    """Ratios t(4096)/t(512) and the issue's aims."""
+def summarize(results, args, statistic):
+    """Ratios t(4096)/t(512) and the issue's aims, on one statistic."""
     ratios, aims = {}, []
     for width in args.widths:
         for model in args.models:
-            low = _median(results, width, model, 512)
-            high = _median(results, width, model, 4096)
+            low = _stat(results, width, model, 512, statistic)
+            high = _stat(results, width, model, 4096, statistic)
             ratio = high / low if low and high else None
             ratios[f"{width}/{model}"] = ratio
             if model not in MIXERS:
@@ -327,8 +392,10 @@ def summarize(results, args):
                 for length in args.lengths:
                     if length < COMPARE_FROM_LENGTH:
                         continue
-                    mine = _median(results, width, model, length)
-                    theirs = _median(results, width, "transformer", length)
+                    mine = _stat(results, width, model, length, statistic)
+                    theirs = _stat(
+                        results, width, "transformer", length, statistic
+                    )
                     if mine >= theirs:
                         slower.append(length)
             aims.append(
@@ -344,13 +411,9 @@ def summarize(results, args):
     return ratios, aims
 
 
-def markdown(results, ratios, aims, args, environment):
+def _table(results, ratios, args, statistic):
     lengths = args.lengths
     lines = [
-        f"Forward latency, ms (median of {args.repeats} after "
-        f"{args.warmup} warm-up calls), batch 1, CPU, backend "
-        f"{args.backend}. Timed: {TIMED[args.backend]}.",
-        "",
         "| width | model | params | "
         + " | ".join(str(n) for n in lengths)
         + " | t(4096)/t(512) |",
@@ -364,7 +427,8 @@ def markdown(results, ratios, aims, args, environment):
                 if r["width"] == width and r["model"] == model
             )
             cells = [
-                f"{_median(results, width, model, n):.1f}" for n in lengths
+                f"{_stat(results, width, model, n, statistic):.1f}"
+                for n in lengths
             ]
             ratio = ratios[f"{width}/{model}"]
             ratio_text = "n/a" if ratio is None else f"{ratio:.2f}"
@@ -373,9 +437,11 @@ def markdown(results, ratios, aims, args, environment):
                 + " | ".join(cells)
                 + f" | {ratio_text} |"
             )
-    lines += ["", "Aims: t(4096)/t(512) <= 9; faster than the Transformer "]
-    lines[-1] += f"of the same width at every length >= {COMPARE_FROM_LENGTH}."
-    lines.append("")
+    return lines
+
+
+def _aim_lines(aims):
+    lines = []
     for aim in aims:
         ratio = aim["ratio_4096_512"]
         ratio_text = (
@@ -396,12 +462,38 @@ def markdown(results, ratios, aims, args, environment):
             )
         lines.append(f"- {aim['width']} {aim['model']}: {ratio_text}; ")
         lines[-1] += speed_text + "."
+    return lines
+
+
+def markdown(results, summaries, args, environment):
+    calls = [row["num_calls"] for row in results]
+    lines = [
+        f"Forward latency, ms, batch 1, CPU, backend {args.backend}. "
+        f"Timed: {TIMED[args.backend]}. After {args.warmup} warm-up calls, "
+        f"{min(calls)} to {max(calls)} timed calls per model and length, "
+        "in rounds over every model and length of a width.",
+    ]
+    names = {
+        "median": "Median (the figure asked for)",
+        "min": "Minimum (least disturbed by other work on the machine)",
+    }
+    for statistic, (ratios, aims) in summaries.items():
+        lines += ["", f"### {names[statistic]}", ""]
+        lines += _table(results, ratios, args, statistic)
+        lines += [
+            "",
+            "Aims: t(4096)/t(512) <= 9; faster than the Transformer of the "
+            f"same width at every length >= {COMPARE_FROM_LENGTH}.",
+            "",
+        ]
+        lines += _aim_lines(aims)
     lines += [
         "",
         f"Machine: {environment['cpu_count']} CPUs, load average "
         f"{environment['load_average_start']} at start, "
         f"{environment['load_average_end']} at end; "
-        f"Keras {environment['keras_version']}; run {environment['date']}.",
+        f"Keras {environment['keras_version']}; run {environment['date']}, "
+        f"{environment['run_minutes']} min.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -444,8 +536,18 @@ def plot(results, args, path):
     )
     for axis, width in zip(axes[0], args.widths):
         for model in args.models:
-            values = [_median(results, width, model, n) for n in args.lengths]
+            values = [
+                _stat(results, width, model, n, "median") for n in args.lengths
+            ]
             axis.plot(args.lengths, values, marker="o", label=model)
+        first = _stat(results, width, args.models[0], args.lengths[0], "median")
+        axis.plot(
+            args.lengths,
+            [first * n / args.lengths[0] for n in args.lengths],
+            color="grey",
+            linestyle=":",
+            label="linear in length",
+        )
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xticks(args.lengths, [str(n) for n in args.lengths])
@@ -484,18 +586,25 @@ def main(argv=None):
     }
     print(
         f"Backend {args.backend}; timed: {TIMED[args.backend]}; median of "
-        f"{args.repeats} round-robin calls after {args.warmup} warm-up calls.",
+        f"calls from up to {args.repeats} rounds over every model and length, "
+        f"after {args.warmup} warm-up calls.",
         flush=True,
     )
+    started = time.perf_counter()
     results = measure(args)
     environment["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    ratios, aims = summarize(results, args)
-    table = markdown(results, ratios, aims, args, environment)
+    environment["run_minutes"] = round((time.perf_counter() - started) / 60, 1)
+    summaries = {
+        statistic: summarize(results, args, statistic)
+        for statistic in ("median", "min")
+    }
+    table = markdown(results, summaries, args, environment)
     print()
     print(table)
-    for model, ratio in ratios.items():
-        text = "n/a" if ratio is None else f"{ratio:.2f}"
-        print(f"t(4096)/t(512) {model}: {text}")
+    for statistic, (ratios, _) in summaries.items():
+        for model, ratio in ratios.items():
+            text = "n/a" if ratio is None else f"{ratio:.2f}"
+            print(f"t(4096)/t(512) {model} ({statistic}): {text}")
 
     output_dir = args.output_dir
     _write_text(output_dir / "mixer_scaling.md", table)
@@ -507,11 +616,13 @@ def main(argv=None):
             "models": args.models,
             "repeats": args.repeats,
             "warmup": args.warmup,
+            "burst_s": BURST_S,
+            "width_budget_s": args.width_budget,
             "seed": args.seed,
         },
         "results": results,
-        "ratios_4096_512": ratios,
-        "aims": aims,
+        "ratios_4096_512": {s: r for s, (r, _) in summaries.items()},
+        "aims": {s: a for s, (_, a) in summaries.items()},
     }
     _write_text(
         output_dir / "mixer_scaling.json", json.dumps(report, indent=2) + "\n"

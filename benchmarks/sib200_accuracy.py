@@ -67,7 +67,7 @@ def tfidf_svm(data):
     return result
 
 
-def fasttext_style(data, epochs=30, buckets=1 << 18, dim=64, seed=0):
+def fasttext_style(data, epochs=15, buckets=1 << 17, dim=32, seed=0):
     """Mean of hashed word/bigram/char n-gram embeddings, then a softmax."""
     import keras
     import mmh3

@@ -152,7 +152,7 @@ def _predict(args):
     top_k = max(1, min(args.top_k, probabilities.shape[1]))
     for text, row in zip(args.texts, probabilities):
         best = row.argsort()[::-1][:top_k]
-        labels = "  ".join(
+        labels = "\t".join(
             f"{predictor.label_names[j]}\t{row[j]:.4f}" for j in best
         )
         print(f"{labels}\t{text}")

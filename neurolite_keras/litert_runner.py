@@ -18,8 +18,7 @@ import os
 
 import numpy as np
 
-from neurolite_keras.featurizer import TextFeaturizer
-from neurolite_keras.featurizer import check_texts
+from neurolite_keras.featurizer import TextFeaturizer, check_texts
 
 SIDECAR_FORMAT = "neurolite-litert"
 SIDECAR_VERSION = 1
@@ -75,7 +74,9 @@ def read_sidecar(tflite_path, path=None):
         with open(path, encoding="utf-8") as file:
             sidecar = json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"Sidecar {path!r} is not valid JSON: {error}") from None
+        raise ValueError(
+            f"Sidecar {path!r} is not valid JSON: {error}"
+        ) from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise ValueError(
             f"{path!r} is not a NeuroLite sidecar (expected "

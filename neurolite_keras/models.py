@@ -7,12 +7,20 @@ import os
 import keras
 import numpy as np
 
+from neurolite_keras import memory_state
 from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.featurizer import TextFeaturizer
 from neurolite_keras.featurizer import check_texts
+from neurolite_keras.layers import FNetBlock
 from neurolite_keras.layers import HashProjection
+from neurolite_keras.layers import HyperMixerBlock
 from neurolite_keras.layers import MaskedMeanPooling
 from neurolite_keras.layers import MlpMixerBlock
+from neurolite_keras.layers.memory import AssociativeMemory
+from neurolite_keras.layers.memory import EpisodicLabelReadout
+from neurolite_keras.layers.routing import MixtureOfExperts
+from neurolite_keras.layers.symbolic import SymbolicFusion
+from neurolite_keras.rules import RuleSet
 from neurolite_keras.text_batches import TextBatches
 
 
@@ -58,7 +66,36 @@ def mixer_block(config, index):
             token_mixing_size=config.token_mixing_size,
             **common,
         )
-    raise ValueError(f"Unknown mixer_type {config.mixer_type!r}")
+    if config.mixer_type == "hypermixer":
+        return HyperMixerBlock(
+            token_mixing_size=config.token_mixing_size, **common
+        )
+    return FNetBlock(**common)
+
+
+def make_memory(config, num_labels, name):
+    return AssociativeMemory(
+        num_memory_slots=config.num_memory_slots,
+        num_episodic_slots=config.num_episodic_slots,
+        key_size=config.memory_key_size,
+        num_labels=num_labels,
+        name=name,
+    )
+
+
+def _call_on_texts(model, call, args, input_texts, update_memory, kwargs):
+    """`model(input_texts=..., update_memory=...)` as the seed promised."""
+    if input_texts is None:
+        if update_memory:
+            raise ValueError("`update_memory=True` needs `input_texts`.")
+        return call(*args, **kwargs)
+    if args or "inputs" in kwargs:
+        raise ValueError(
+            "Pass either feature tensors or `input_texts`, not both."
+        )
+    if update_memory:
+        model.write_memory(input_texts)
+    return call(model.featurize(input_texts), **kwargs)
 
 
 def _is_texts(x):
@@ -66,8 +103,8 @@ def _is_texts(x):
         return True
     if isinstance(x, np.ndarray):
         return x.dtype.kind in "UO"
-    if isinstance(x, (list, tuple)) and x:
-        return not isinstance(x[0], (np.ndarray, dict))
+    if isinstance(x, (list, tuple)):
+        return not x or not isinstance(x[0], (np.ndarray, dict))
     return False
 
 
@@ -105,7 +142,7 @@ class NeuroLiteModel(keras.Model):
     (1, 64, 32)
     """
 
-    def __init__(self, config=None, **kwargs):
+    def __init__(self, config=None, num_memory_labels=0, **kwargs):
         config = _as_config(config)
         # === Layers ===
         projection = HashProjection(
@@ -121,6 +158,20 @@ class NeuroLiteModel(keras.Model):
         final_norm = keras.layers.LayerNormalization(
             epsilon=config.layer_norm_epsilon, name="final_norm"
         )
+        experts = memory = None
+        if config.use_dynamic_routing:
+            experts_norm = keras.layers.LayerNormalization(
+                epsilon=config.layer_norm_epsilon, name="experts_norm"
+            )
+            experts = MixtureOfExperts(
+                num_experts=config.num_experts,
+                expert_size=config.expert_size,
+                num_experts_per_token=config.num_experts_per_token,
+                aux_loss_weight=config.router_aux_loss_weight,
+                name="experts",
+            )
+        if config.use_external_memory:
+            memory = make_memory(config, num_memory_labels, name="memory")
 
         # === Functional model ===
         inputs = feature_inputs(config)
@@ -129,29 +180,170 @@ class NeuroLiteModel(keras.Model):
         x = dropout(bottleneck_norm(bottleneck(x)))
         for block in blocks:
             x = block(x, padding_mask=padding_mask)
+        experts_input = None
+        if experts is not None:
+            experts_input = experts_norm(x)
+            routed = experts(experts_input, padding_mask=padding_mask)
+            x = keras.layers.Add(name="experts_residual")([x, routed])
+        memory_input = x
+        label_scores = None
+        if memory is not None and num_memory_labels:
+            x, label_scores = memory(
+                x, padding_mask=padding_mask, return_label_scores=True
+            )
+        elif memory is not None:
+            x = memory(x, padding_mask=padding_mask)
         outputs = final_norm(x)
+        if label_scores is not None:
+            # A classifier's backbone also hands on, per label, how well the
+            # text matches the labelled episodic slots.
+            outputs = {
+                "sequence_output": outputs,
+                "memory_label_scores": label_scores,
+            }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.config = config
+        self.num_memory_labels = num_memory_labels
         self.featurizer = TextFeaturizer.from_config(config)
+        self.experts = experts
+        self.memory = memory
+        self.memory_texts = [None] * (
+            config.num_episodic_slots if memory is not None else 0
+        )
+        # Sub-models up to the memory's and the experts' inputs, sharing
+        # the layers, for writing, recall and routing statistics.
+        self._memory_probe = (
+            keras.Model(inputs, memory_input) if memory is not None else None
+        )
+        self._experts_probe = (
+            keras.Model(inputs, experts_input) if experts is not None else None
+        )
+
+    def expert_usage(self, texts):
+        """Each text's share of token assignments per expert, `(n, E)`."""
+        if self.experts is None:
+            raise ValueError(
+                "This model has no experts: build it with "
+                "`config.use_dynamic_routing = True`."
+            )
+        features = self.featurizer(check_texts(texts))
+        hidden = self._experts_probe.predict_on_batch(features)
+        _, usage = self.experts(
+            hidden, padding_mask=features["padding_mask"],
+            return_expert_usage=True,
+        )
+        return keras.ops.convert_to_numpy(usage["expert_fractions"])
 
     def featurize(self, texts):
         """Model inputs for `texts` (a str or a sequence of str)."""
         return self.featurizer(texts)
 
-    def __call__(self, *args, input_texts=None, **kwargs):
-        if input_texts is None:
-            return super().__call__(*args, **kwargs)
-        if args or "inputs" in kwargs:
+    def __call__(self, *args, input_texts=None, update_memory=False,
+                 **kwargs):
+        return _call_on_texts(self, super().__call__, args, input_texts,
+                              update_memory, kwargs)
+
+    # --- External memory ----------------------------------------------------
+
+    def _require_memory(self):
+        if self.memory is None:
             raise ValueError(
-                "Pass either feature tensors or `input_texts`, not both."
+                "This model has no external memory: build it with "
+                "`config.use_external_memory = True`."
             )
-        return super().__call__(self.featurize(input_texts), **kwargs)
+
+    def write_memory(self, texts, labels=None):
+        """Writes one episodic slot per text; returns the slot indices.
+
+        Slots are replaced least recently used first once the memory is
+        full (see `AssociativeMemory`). `labels` (label ids, `-1` for none)
+        let labelled slots vote in a classifier's predictions.
+        """
+        self._require_memory()
+        texts = check_texts(texts)
+        if not texts:
+            return np.zeros((0,), "int32")
+        features = self.featurizer(texts)
+        hidden = self._memory_probe.predict_on_batch(features)
+        slots = self.memory.write(
+            hidden, padding_mask=features["padding_mask"], labels=labels
+        )
+        for text, slot in zip(texts, np.asarray(slots).tolist()):
+            if slot >= 0:
+                self.memory_texts[slot] = text
+        return slots
+
+    def recall(self, texts, top_k=3):
+        """The written texts each query recalls: `(text, slot, weight)`.
+
+        The weights are the sentence-level Hopfield retrieval weights on the
+        episodic slots (the long-term slots take the rest of the mass).
+        """
+        self._require_memory()
+        texts = check_texts(texts)
+        features = self.featurizer(texts)
+        hidden = self._memory_probe.predict_on_batch(features)
+        _, attention = self.memory(
+            hidden, padding_mask=features["padding_mask"],
+            return_attention=True,
+        )
+        episodic = keras.ops.convert_to_numpy(attention)[
+            :, self.config.num_memory_slots :
+        ]
+        results = []
+        for row in episodic:
+            order = [j for j in np.argsort(-row) if self.memory_texts[j]]
+            results.append(
+                [(self.memory_texts[j], int(j), float(row[j]))
+                 for j in order[:top_k]]
+            )
+        return results
+
+    def reset_memory(self):
+        """Empties the episodic slots (learned slots stay)."""
+        self._require_memory()
+        self.memory.reset()
+        self.memory_texts = [None] * self.config.num_episodic_slots
+
+    def get_memory_state(self):
+        """The episodic memory as a dict of NumPy arrays."""
+        self._require_memory()
+        state = dict(self.memory.get_state())
+        state["texts"] = np.array(
+            ["" if t is None else t for t in self.memory_texts], dtype=str
+        )
+        return state
+
+    def set_memory_state(self, state):
+        """Restores `get_memory_state()`'s output; on error nothing changes."""
+        self._require_memory()
+        state = dict(state)
+        texts = state.pop("texts", None)
+        if texts is not None and len(texts) != self.config.num_episodic_slots:
+            raise ValueError(
+                f"The state holds {len(texts)} slot texts; this memory has "
+                f"{self.config.num_episodic_slots} slots."
+            )
+        self.memory.set_state(state)
+        if texts is None:
+            self.memory_texts = [None] * self.config.num_episodic_slots
+        else:
+            self.memory_texts = [str(t) or None for t in texts]
+
+    def save_memory_state(self, path):
+        """Writes the episodic memory to a `.npz` file, atomically."""
+        memory_state.save_memory_state(path, self.get_memory_state())
+
+    def load_memory_state(self, path):
+        """Reads a `.npz` memory file; on error the memory is unchanged."""
+        self.set_memory_state(memory_state.load_memory_state(path))
 
     def get_config(self):
         return {
             "config": self.config.get_config(),
+            "num_memory_labels": self.num_memory_labels,
             "name": self.name,
             "trainable": self.trainable,
         }
@@ -188,44 +380,120 @@ class NeuroLiteForClassification(keras.Model):
     """
 
     def __init__(self, config=None, num_labels=None, label_names=None,
-                 **kwargs):
+                 rules=None, **kwargs):
         config = _as_config(config)
         label_names = _check_labels(num_labels, label_names)
+        num_labels = len(label_names)
+        rules = _check_rules(rules, label_names)
         # === Layers ===
-        backbone = NeuroLiteModel(config, name="backbone")
+        memory_labels = num_labels if config.use_external_memory else 0
+        backbone = NeuroLiteModel(
+            config, num_memory_labels=memory_labels, name="backbone"
+        )
         pooling = MaskedMeanPooling(name="pooling")
         dropout = keras.layers.Dropout(config.dropout_rate, name="head_dropout")
-        head = keras.layers.Dense(len(label_names), name="logits")
+        head = keras.layers.Dense(num_labels, name="head")
+        fusion = readout = None
+        if config.use_symbolic_module:
+            fusion = SymbolicFusion(num_labels, name="rules")
+        if memory_labels:
+            readout = EpisodicLabelReadout(name="memory_readout")
 
         # === Functional model ===
         inputs = dict(backbone.input)
-        hidden = backbone(inputs)
+        if fusion is not None:
+            inputs["rule_evidence"] = keras.Input(
+                (2, num_labels), dtype="float32", name="rule_evidence"
+            )
+        backbone_inputs = {k: inputs[k] for k in backbone.input}
+        hidden = backbone(backbone_inputs)
+        if readout is not None:
+            label_scores = hidden["memory_label_scores"]
+            hidden = hidden["sequence_output"]
         pooled = dropout(pooling(hidden, padding_mask=inputs["padding_mask"]))
-        outputs = {"logits": head(pooled)}
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        logits = head(pooled)
+        if fusion is not None:
+            logits = fusion(logits, inputs["rule_evidence"])
+        if readout is not None:
+            logits = readout(logits, label_scores)
+        super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
 
         # === Config ===
         self.backbone = backbone
         self.config = config
         self.label_names = label_names
-        self.num_labels = len(label_names)
+        self.num_labels = num_labels
+        self.rules = rules
 
     @property
     def featurizer(self):
         return self.backbone.featurizer
 
     def featurize(self, texts):
-        """Model inputs for `texts` (a str or a sequence of str)."""
-        return self.backbone.featurize(texts)
-
-    def __call__(self, *args, input_texts=None, **kwargs):
-        if input_texts is None:
-            return super().__call__(*args, **kwargs)
-        if args or "inputs" in kwargs:
-            raise ValueError(
-                "Pass either feature tensors or `input_texts`, not both."
+        """Model inputs for `texts`: features, and rule evidence if used."""
+        features = self.backbone.featurize(texts)
+        if self.config.use_symbolic_module:
+            features["rule_evidence"] = self.rules.evaluate(
+                texts, self.label_names
             )
-        return super().__call__(self.featurize(input_texts), **kwargs)
+        return features
+
+    def __call__(self, *args, input_texts=None, update_memory=False,
+                 **kwargs):
+        return _call_on_texts(self, super().__call__, args, input_texts,
+                              update_memory, kwargs)
+
+    # --- Rules and memory ---------------------------------------------------
+
+    def set_rules(self, rules):
+        """Replaces the rule set; predictions change with no retraining."""
+        if not self.config.use_symbolic_module:
+            raise ValueError(
+                "This model has no symbolic module: build it with "
+                "`config.use_symbolic_module = True`."
+            )
+        self.rules = _check_rules(rules, self.label_names)
+
+    def write_memory(self, texts, labels=None):
+        """Writes texts into episodic memory; labels (names or ids) let
+        them vote for their label, including one never seen in training."""
+        ids = None if labels is None else self.encode_labels(labels)
+        return self.backbone.write_memory(texts, ids)
+
+    def recall(self, texts, top_k=3):
+        return self.backbone.recall(texts, top_k)
+
+    def reset_memory(self):
+        self.backbone.reset_memory()
+
+    def get_memory_state(self):
+        return self.backbone.get_memory_state()
+
+    def set_memory_state(self, state):
+        self.backbone.set_memory_state(state)
+
+    def save_memory_state(self, path):
+        self.backbone.save_memory_state(path)
+
+    def load_memory_state(self, path):
+        self.backbone.load_memory_state(path)
+
+    def explain(self, texts, top_k=3):
+        """Per text: top labels, fired rules, expert usage, recalled slots."""
+        texts = check_texts(texts)
+        results = [{"text": t, "labels": labels}
+                   for t, labels in zip(texts, self.classify(texts, top_k))]
+        if self.config.use_symbolic_module:
+            for result, fired in zip(results, self.rules.explain(texts)):
+                result["rules"] = fired
+        if self.config.use_dynamic_routing:
+            usage = self.backbone.expert_usage(texts)
+            for result, fractions in zip(results, usage):
+                result["experts"] = [round(float(f), 4) for f in fractions]
+        if self.config.use_external_memory:
+            for result, recalled in zip(results, self.recall(texts, top_k)):
+                result["memory"] = recalled
+        return results
 
     # --- Labels -----------------------------------------------------------
 
@@ -341,16 +609,41 @@ class NeuroLiteForClassification(keras.Model):
         ]
 
     def get_config(self):
-        return {
+        config = {
             "config": self.config.get_config(),
             "label_names": list(self.label_names),
             "name": self.name,
             "trainable": self.trainable,
         }
+        if self.config.use_symbolic_module:
+            config["rules"] = self.rules.to_dict()
+        if self.config.use_external_memory:
+            # The slot vectors are weights; the texts they came from ride in
+            # the config so that `recall` can name them after reloading.
+            config["memory_texts"] = list(self.backbone.memory_texts)
+        return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        memory_texts = config.pop("memory_texts", None)
+        model = cls(**config)
+        if memory_texts is not None:
+            model.backbone.memory_texts = list(memory_texts)
+        return model
+
+def _check_rules(rules, label_names):
+    if rules is None:
+        return RuleSet()
+    if isinstance(rules, dict):
+        rules = RuleSet.from_dict(rules)
+    if not isinstance(rules, RuleSet):
+        raise ValueError(
+            "`rules` must be a RuleSet or its dict. "
+            f"Received: {type(rules).__name__}"
+        )
+    rules.check_labels(label_names)
+    return rules
 
 
 def _softmax(logits):

@@ -320,6 +320,9 @@ class QuantizationAwareModel(keras.Model):
             weights). Must match the export. Defaults to `True`.
         quantize_outputs: bool. Fake-quantize the model's float outputs.
             Defaults to `True`.
+        deterministic: bool. Call `model` with `training=False` even while
+            fitting, so dropout is off and fine-tuning sees exactly the
+            graph that will be exported. Defaults to `True`.
         **kwargs: `keras.Model` arguments (`name`).
 
     Call arguments:
@@ -341,7 +344,12 @@ class QuantizationAwareModel(keras.Model):
     """
 
     def __init__(
-        self, model, per_channel=True, quantize_outputs=True, **kwargs
+        self,
+        model,
+        per_channel=True,
+        quantize_outputs=True,
+        deterministic=True,
+        **kwargs,
     ):
         if not isinstance(model, keras.Model):
             raise ValueError(
@@ -356,6 +364,7 @@ class QuantizationAwareModel(keras.Model):
         for name, value in (
             ("per_channel", per_channel),
             ("quantize_outputs", quantize_outputs),
+            ("deterministic", deterministic),
         ):
             if not isinstance(value, bool):
                 raise ValueError(
@@ -366,6 +375,7 @@ class QuantizationAwareModel(keras.Model):
         self.model = model
         self.per_channel = per_channel
         self.quantize_outputs = quantize_outputs
+        self.deterministic = deterministic
         self.quantized_weights = quantizable_weights(model, per_channel)
         if not self.quantized_weights:
             warnings.warn(
@@ -403,13 +413,13 @@ class QuantizationAwareModel(keras.Model):
             if scheme is not None:
                 value = fake_quantize_weight(value, scheme)
             mapping.append((variable, value))
-        scope = keras.StatelessScope(
-            state_mapping=mapping, collect_losses=True
-        )
+        scope = keras.StatelessScope(state_mapping=mapping, collect_losses=True)
         given = {
             id(variable): scope.get_current_value(variable)
             for variable, _ in mapping
         }
+        if self.deterministic:
+            training = False
         with scope:
             outputs = self.model(inputs, training=training)
         # Hand state updates (dropout seeds...) and losses on to the
@@ -431,6 +441,7 @@ class QuantizationAwareModel(keras.Model):
             "model": keras.saving.serialize_keras_object(self.model),
             "per_channel": self.per_channel,
             "quantize_outputs": self.quantize_outputs,
+            "deterministic": self.deterministic,
             "name": self.name,
             "trainable": self.trainable,
         }

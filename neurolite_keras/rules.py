@@ -72,7 +72,6 @@ opposition, in the order of the model's `label_names`.
 import copy
 import json
 import os
-import re as _re
 
 import numpy as np
 import regex
@@ -328,7 +327,7 @@ class _Rule:
                 )
             try:
                 self.regex = regex.compile(pattern)
-            except (regex.error, _re.error) as error:
+            except regex.error as error:
                 raise ValueError(
                     f"{where}: invalid regular expression {pattern!r}: {error}"
                 ) from None
@@ -648,6 +647,12 @@ class RuleSet:
         return f"RuleSet({len(self)} rules, labels={self._labels})"
 
     # Evaluation.
+
+    def check_labels(self, label_names):
+        """Raises a `ValueError` naming the first rule whose label is not in
+        `label_names` (a model's labels); returns `label_names` as a list."""
+        self._label_index(label_names)
+        return list(label_names)
 
     def _label_index(self, label_names):
         if label_names is None:

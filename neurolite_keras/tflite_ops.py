@@ -157,6 +157,49 @@ def check_builtin_only(model):
         )
 
 
+# Operators that only convert between float and integer tensors.
+CONVERSION_OPERATORS = frozenset({"CAST", "DEQUANTIZE", "QUANTIZE"})
+
+
+def float_operators(model):
+    """Operators that compute in floating point.
+
+    Every operator with a float input or output, except the conversions
+    `CAST`, `QUANTIZE` and `DEQUANTIZE`. A full-integer model has none.
+
+    Returns:
+        A sorted list of `(operator name, output tensor name)` pairs.
+    """
+    root = _read(model)
+    codes = [
+        _operator_code(root.OperatorCodes(i))
+        for i in range(root.OperatorCodesLength())
+    ]
+    floats = {_schema.TensorType.FLOAT32, _schema.TensorType.FLOAT16}
+    found = set()
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for i in range(subgraph.OperatorsLength()):
+            operator = subgraph.Operators(i)
+            name = codes[operator.OpcodeIndex()].name
+            if name in CONVERSION_OPERATORS:
+                continue
+            indices = [
+                int(t)
+                for t in (
+                    *operator.InputsAsNumpy().tolist(),
+                    *operator.OutputsAsNumpy().tolist(),
+                )
+                if t >= 0
+            ]
+            if any(subgraph.Tensors(t).Type() in floats for t in indices):
+                output = operator.Outputs(0) if operator.OutputsLength() else -1
+                tensor = subgraph.Tensors(output) if output >= 0 else None
+                label = (tensor.Name() or b"").decode() if tensor else ""
+                found.add((name, label))
+    return sorted(found)
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
     """Name, static shape, shape signature and type of one tensor."""
@@ -175,9 +218,11 @@ def tensors(model):
         subgraph = root.Subgraphs(s)
         for i in range(subgraph.TensorsLength()):
             tensor = subgraph.Tensors(i)
-            shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if (
-                tensor.ShapeLength()
-            ) else ()
+            shape = (
+                tuple(int(d) for d in tensor.ShapeAsNumpy())
+                if (tensor.ShapeLength())
+                else ()
+            )
             signature = (
                 tuple(int(d) for d in tensor.ShapeSignatureAsNumpy())
                 if tensor.ShapeSignatureLength()

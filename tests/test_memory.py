@@ -83,7 +83,8 @@ def test_associative_memory_layer_checks(tmp_path):
         expected_output_shape=(2, SEQUENCE, HIDDEN),
         # Norm, query, output and gate (2 each), long-term keys and values.
         expected_num_trainable_weights=10,
-        expected_num_non_trainable_weights=len(memory_state.STATE_FIELDS),
+        # The episodic state and the query center.
+        expected_num_non_trainable_weights=len(memory_state.STATE_FIELDS) + 1,
         tmp_path=tmp_path,
     )
 
@@ -93,6 +94,8 @@ def test_rejects_bad_arguments():
         AssociativeMemory(4, 0, KEY)
     with pytest.raises(ValueError, match="beta=-1"):
         AssociativeMemory(4, 2, KEY, beta=-1)
+    with pytest.raises(ValueError, match="centering_momentum=1.0"):
+        AssociativeMemory(4, 2, KEY, centering_momentum=1.0)
     with pytest.raises(ValueError, match="num_labels=-3"):
         AssociativeMemory(4, 2, KEY, num_labels=-3)
     with pytest.raises(ValueError, match="recall_threshold=1.5"):
@@ -159,10 +162,14 @@ def test_replacement_fills_empty_slots_then_the_least_recently_used():
     state["episodic_last_used"][0] = -1
     memory.set_state(state)
     assert memory.write(hidden[:1]).tolist() == [0]
-    # Training calls leave the usage record alone.
+    # Training calls leave the usage record alone and move the center.
     before = memory.get_state()
     memory(hidden[:3], padding_mask=mask[:3], training=True)
     _assert_states_equal(memory.get_state(), before)
+    center = _numpy(memory.query_center)
+    assert np.abs(center).max() > 0
+    memory(hidden[:3], padding_mask=mask[:3])
+    np.testing.assert_array_equal(_numpy(memory.query_center), center)
 
 
 def test_a_batched_write_equals_writes_one_by_one():

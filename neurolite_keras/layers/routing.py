@@ -57,11 +57,11 @@ def moe_parameter_counts(
     """Parameters of a `MixtureOfExperts`: in total, and used per token.
 
     A token uses the router and its `num_experts_per_token` experts; the
-    others hold parameters it never touches. Compare routed and dense
-    models at equal `active`: a dense MLP of width
-    `num_experts_per_token * expert_size` is the same layer with one
-    expert (`num_experts=1`), minus `hidden_size * (num_experts - 1)`
-    router weights.
+    others hold parameters it never touches. The dense counterpart at
+    equal `active` is the same layer with one expert of width
+    `num_experts_per_token * expert_size`: it differs only by
+    `hidden_size * (num_experts - 1)` router weights and
+    `hidden_size * (num_experts_per_token - 1)` output biases.
 
     Returns:
         A dict with `total` and `active` (per token) parameter counts.
@@ -118,10 +118,10 @@ class MixtureOfExperts(keras.layers.Layer):
     combine their outputs. The result equals sparse dispatch, but the cost
     is `num_experts` dense experts, not `num_experts_per_token`: routing
     buys capacity (parameters), not speed. For the few small experts of a
-    phone model this keeps the graph to matrix products and static shapes,
-    which TFLite runs with built-in operators only and which no gather or
-    scatter of a data-dependent size can match at this scale; a large
-    mixture would want real dispatch.
+    phone model this is the usual choice: the graph stays two matrix
+    products with static shapes, which TFLite runs with built-in
+    operators only, where sparse dispatch needs gathers and scatters of a
+    data-dependent size. A large mixture would want real dispatch.
 
     **Note on capacity (overflow policy):** with `capacity_factor=None`
     (the default) there is no limit: every token gets its experts. With a
@@ -133,6 +133,13 @@ class MixtureOfExperts(keras.layers.Layer):
     unchanged (Switch Transformer). The other weights of a token are not
     renormalized after a drop. At inference nothing is dropped, so a
     prediction never depends on the other texts of its batch.
+
+    **Note on ties:** the experts kept are those whose probability reaches
+    the k-th largest, so on an exact tie (an all-zero token, say) every
+    tied expert is kept, on every backend alike. This selection, unlike
+    expert indices and one-hot tensors, survives full-integer int8
+    quantization; a router still close to uniform (untrained) can flip
+    near-tied choices there.
 
     **Note on masking:** padded tokens are neither routed (their output is
     zero) nor counted in the loss, the capacity or the statistics.
@@ -308,24 +315,35 @@ class MixtureOfExperts(keras.layers.Layer):
             return self.num_experts_per_token > 1
         return self.renormalize_weights
 
-    def _capacity_keep(self, slot_mask, token_mask):
-        """1 for each (token, slot) assignment within its expert's capacity.
+    def _capacity_keep(self, router_probs, expert_mask, token_mask):
+        """1 where a token's assignment to an expert is within capacity.
 
-        `slot_mask` is `(batch, sequence, k, experts)`, one-hot per slot
-        and zero for padding. Queues are filled slot-major: every token's
-        first choice, in token order, before any second choice.
+        Queues are filled slot-major: every token's first choice, in token
+        order, then every second choice, and so on. Returns a float tensor
+        shaped like `expert_mask`, `(batch, sequence, experts)`.
         """
         k, num_experts = self.num_experts_per_token, self.num_experts
-        slots = ops.reshape(slot_mask, (-1, k, num_experts))
-        queue = ops.reshape(ops.transpose(slots, (1, 0, 2)), (-1, num_experts))
+        # An expert's slot is its rank among the token's choices: the
+        # number of experts with a strictly higher probability.
+        higher = ops.cast(
+            router_probs[..., None, :] > router_probs[..., :, None], "float32"
+        )
+        rank = ops.sum(higher, axis=-1)
+        flat_mask = ops.reshape(expert_mask, (-1, num_experts))
+        flat_rank = ops.reshape(rank, (-1, num_experts))
+        queue = ops.concatenate(
+            [flat_mask * ops.cast(flat_rank == slot, "float32")
+             for slot in range(k)],
+            axis=0,
+        )  # fmt: skip
         position = ops.cumsum(queue, axis=0) * queue
         capacity = ops.ceil(
             self.capacity_factor * k * ops.sum(token_mask) / num_experts
         )
         capacity = ops.maximum(capacity, 1.0)
-        kept = ops.sum(queue * ops.cast(position <= capacity, "float32"), -1)
-        kept = ops.transpose(ops.reshape(kept, (k, -1)), (1, 0))
-        return ops.reshape(kept, ops.shape(slot_mask)[:-1])
+        kept = queue * ops.cast(position <= capacity, "float32")
+        kept = ops.sum(ops.reshape(kept, (k, -1, num_experts)), axis=0)
+        return ops.reshape(kept, ops.shape(expert_mask))
 
     def call(
         self,
@@ -340,28 +358,33 @@ class MixtureOfExperts(keras.layers.Layer):
         else:
             token_mask = ops.cast(padding_mask != 0, "float32")
 
-        # Routing, in float32: softmax over experts, then the top k.
+        # Routing, in float32: softmax over experts, then the top k, kept
+        # by comparing each probability with the k-th largest. Unlike
+        # indices and one-hot tensors, this quantizes well to int8.
         router_logits = ops.matmul(
             ops.cast(inputs, "float32"),
             ops.cast(self.router_kernel, "float32"),
         )
         router_probs = ops.softmax(router_logits, axis=-1)
-        top_probs, top_experts = ops.top_k(
-            router_probs, self.num_experts_per_token
-        )
+        k = self.num_experts_per_token
+        if k == 1:
+            threshold = ops.max(router_probs, axis=-1, keepdims=True)
+        else:
+            threshold = ops.top_k(router_probs, k)[0][..., -1:]
+        expert_mask = ops.cast(router_probs >= threshold, "float32")
+        expert_mask = expert_mask * token_mask[..., None]
+        gates = router_probs * expert_mask
         if self._renormalizes():
-            top_probs = top_probs / ops.sum(top_probs, axis=-1, keepdims=True)
-        slot_mask = ops.one_hot(top_experts, num_experts, dtype="float32")
-        slot_mask = slot_mask * token_mask[..., None, None]
-        expert_mask = ops.sum(slot_mask, axis=-2)
+            # A real token's chosen probabilities sum to at least k / E;
+            # padded tokens divide by 1 (no divisor near 0, even in int8).
+            total = ops.sum(gates, axis=-1, keepdims=True)
+            gates = gates / (total + 1.0 - token_mask[..., None])
 
         # Overflow: drop assignments over capacity (training only).
-        slot_weights = top_probs * token_mask[..., None]
         kept = None
         if training and self.capacity_factor is not None:
-            kept = self._capacity_keep(slot_mask, token_mask)
-            slot_weights = slot_weights * kept
-        gates = ops.sum(slot_mask * slot_weights[..., None], axis=-2)
+            kept = self._capacity_keep(router_probs, expert_mask, token_mask)
+            gates = gates * kept
 
         if training:
             if self.aux_loss_weight > 0:
@@ -370,7 +393,7 @@ class MixtureOfExperts(keras.layers.Layer):
                     * load_balancing_loss(router_probs, expert_mask, token_mask)
                 )
                 self._remember_loss_scope()
-            self._update_statistics(expert_mask, slot_mask, kept)
+            self._update_statistics(expert_mask, kept)
 
         # Experts, dense: each expert's hidden units form a block of the
         # flattened (experts * expert_size) axis, scaled by its gate, so
@@ -433,7 +456,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self._loss_scope = None
         super()._clear_losses()
 
-    def _update_statistics(self, expert_mask, slot_mask, kept):
+    def _update_statistics(self, expert_mask, kept):
         per_expert = ops.sum(
             ops.reshape(expert_mask, (-1, self.num_experts)), axis=0
         )
@@ -443,8 +466,7 @@ class MixtureOfExperts(keras.layers.Layer):
         if kept is None:
             dropped = ops.zeros((), "float32")
         else:
-            served = ops.sum(ops.sum(slot_mask, axis=-1) * kept)
-            dropped = (assignments - served) / denominator
+            dropped = (assignments - ops.sum(kept)) / denominator
         # Statistics only: no gradient flows into them.
         self.routed_fraction_sum.assign_add(
             ops.stop_gradient(per_expert / denominator)
@@ -543,13 +565,16 @@ class ExpertUsageCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> inputs = keras.Input((3, 4))
-    >>> model = keras.Model(inputs, MixtureOfExperts(2, 4, name="moe")(inputs))
+    >>> inputs = keras.Input((5, 6))
+    >>> model = keras.Model(inputs, MixtureOfExperts(4, 8, name="moe")(inputs))
     >>> model.compile(optimizer="sgd", loss="mse")
-    >>> history = model.fit(np.ones((8, 3, 4)), np.ones((8, 3, 4)), verbose=0,
-    ...                     callbacks=[ExpertUsageCallback()])
-    >>> sorted(history.history)
-    ['loss', 'moe_dropped', 'moe_expert_0', 'moe_expert_1']
+    >>> x = np.random.default_rng(0).normal(size=(8, 5, 6))
+    >>> history = model.fit(x, x, verbose=0, callbacks=[ExpertUsageCallback()])
+    >>> sorted(history.history)[:3]
+    ['loss', 'moe_dropped', 'moe_expert_0']
+    >>> usage = [history.history[f"moe_expert_{i}"][0] for i in range(4)]
+    >>> round(sum(usage), 4)
+    1.0
     """
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -1,0 +1,316 @@
+"""Size of the exported `.tflite` file per preset and quantization, and
+latency at 256 tokens, batch 1, one and two threads, Keras beside TFLite.
+
+Run (about 10 minutes on two CPU cores for the three presets and four
+modes):
+
+    KERAS_BACKEND=tensorflow python benchmarks/export_size_latency.py \
+        --data-dir ../shared/data --output-dir results/export
+
+What is measured, in one run:
+
+- Models: NeuroLite-tiny, -small and -base classifiers with 7 labels and
+  random weights, built at `max_sequence_length=256` so that latency is
+  measured at 256 tokens (the MLP-Mixer's token-mixing weights fix the
+  length; at the presets' own length of 64 the files are a little
+  smaller). Sizes and latencies do not depend on the weights' values; the
+  int8 ranges are calibrated on real SIB-200 dev sentences.
+- Size: bytes of each `.tflite` file written by `export_model`, against
+  the aims of issue 3 for int8 (tiny 1.5 MB, small 4 MB, base 10 MB).
+- Latency: one text of 256 real tokens (SIB-200 sentences joined), batch
+  1; the median and 90th percentile of `--runs` timed calls after
+  `--warmup` untimed ones. TFLite: `ai_edge_litert` interpreter with
+  `num_threads` 1 and 2 (XNNPACK, the default CPU path). Keras: the
+  compiled predict function (`model.predict_on_batch`) on the active
+  backend, in a fresh process per thread count, pinned to that many
+  cores (and with TensorFlow's or PyTorch's thread count set to it).
+  The featurizer's time for the same text (cold token cache) is listed
+  apart: it runs before either model.
+
+Writes `export_size_latency.json` and `export_size_latency.md` (both
+atomically) to `--output-dir`, and prints the markdown table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from neurolite_keras import atomic_io
+from neurolite_keras.config import NeuroLiteConfig
+from neurolite_keras.featurizer import TextFeaturizer
+
+SIZE_AIMS_MB = {"tiny": 1.5, "small": 4.0, "base": 10.0}
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+SEQUENCE_LENGTH = 256
+NUM_LABELS = 7
+
+
+def long_text(texts, featurizer, length):
+    """Real sentences joined until the featurizer keeps `length` tokens."""
+    joined = []
+    for text in texts:
+        joined.append(text)
+        if len(featurizer.tokenize(" ".join(joined))) >= length:
+            return " ".join(joined)
+    raise ValueError(f"Not enough text for {length} tokens.")
+
+
+def timings(call, runs, warmup):
+    """Median and 90th percentile of `runs` calls, in milliseconds."""
+    for _ in range(warmup):
+        call()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    return {
+        "median_ms": round(1000 * statistics.median(seconds), 3),
+        "p90_ms": round(1000 * seconds[int(0.9 * (len(seconds) - 1))], 3),
+        "runs": runs,
+    }
+
+
+def tflite_latency(path, features, threads, runs, warmup):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    runner = interpreter.get_signature_runner()
+    return timings(lambda: runner(**features), runs, warmup)
+
+
+def keras_worker(model_path, features_path, threads, runs, warmup):
+    """Runs in a fresh process: Keras latency with `threads` threads."""
+    if hasattr(os, "sched_setaffinity"):
+        # Pin the process to `threads` cores: holds for every backend.
+        cores = sorted(os.sched_getaffinity(0))[:threads]
+        os.sched_setaffinity(0, cores)
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    from neurolite_keras.models import load_model
+
+    model = load_model(model_path)
+    with np.load(features_path) as data:
+        features = {name: data[name] for name in data.files}
+    result = timings(lambda: model.predict_on_batch(features), runs, warmup)
+    result["backend"] = backend
+    return result
+
+
+def keras_latency(model_path, features_path, threads, runs, warmup):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        model_path,
+        features_path,
+        str(threads),
+        str(runs),
+        str(warmup),
+    ]
+    completed = subprocess.run(
+        command, env=env, capture_output=True, text=True, check=False
+    )
+    if completed.returncode:
+        raise RuntimeError(
+            f"Keras latency worker failed:\n{completed.stderr[-2000:]}"
+        )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def benchmark_preset(preset, args, calibration, text, folder):
+    import keras
+
+    from neurolite_keras.models import NeuroLiteForClassification
+    from neurolite_keras.recipes.export import export_model
+
+    config = NeuroLiteConfig.preset(preset, max_sequence_length=SEQUENCE_LENGTH)
+    keras.utils.set_random_seed(0)
+    model = NeuroLiteForClassification(config, num_labels=NUM_LABELS)
+    model_path = os.path.join(folder, f"{preset}.keras")
+    model.save(model_path)
+    features = model.featurize([text])
+    assert int(features["padding_mask"].sum()) == SEQUENCE_LENGTH
+    features_path = os.path.join(folder, f"{preset}-features.npz")
+    np.savez(features_path, **features)
+    cold = TextFeaturizer(**config.featurizer_config(), cache_size=0)
+    rows = [
+        {
+            "preset": preset,
+            "format": f"keras ({keras.backend.backend()}, float32)",
+            "parameters": int(model.count_params()),
+            "size_mb": round(os.path.getsize(model_path) / 1e6, 3),
+            "featurizer": timings(lambda: cold([text]), args.runs, 3),
+            "latency": {
+                str(threads): keras_latency(
+                    model_path,
+                    features_path,
+                    threads,
+                    args.keras_runs,
+                    args.warmup,
+                )
+                for threads in (1, 2)
+            },
+        }
+    ]
+    for quantization in args.quantizations:
+        start = time.perf_counter()
+        result = export_model(
+            model_path,
+            os.path.join(folder, f"{preset}-{quantization}.tflite"),
+            quantization=quantization,
+            calibration_texts=calibration,
+            num_calibration_texts=args.num_calibration_texts,
+        )
+        export_seconds = time.perf_counter() - start
+        size_mb = result.size_bytes / 1e6
+        row = {
+            "preset": preset,
+            "format": f"tflite {quantization}",
+            "parameters": int(model.count_params()),
+            "size_mb": round(size_mb, 3),
+            "export_seconds": round(export_seconds, 1),
+            "latency": {
+                str(threads): tflite_latency(
+                    result.tflite_path,
+                    features,
+                    threads,
+                    args.runs,
+                    args.warmup,
+                )
+                for threads in (1, 2)
+            },
+        }
+        if quantization == "int8":
+            row["size_aim_mb"] = SIZE_AIMS_MB[preset]
+            row["meets_size_aim"] = size_mb <= SIZE_AIMS_MB[preset]
+        rows.append(row)
+        print(f"  {preset} {quantization}: {size_mb:.2f} MB", flush=True)
+    return rows
+
+
+def markdown(rows, settings):
+    lines = [
+        "| preset | format | parameters | size (MB) | 1 thread (ms) "
+        "| 2 threads (ms) | featurizer (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        size = f"{row['size_mb']:.2f}"
+        if "size_aim_mb" in row:
+            mark = "meets" if row["meets_size_aim"] else "misses"
+            size += f" ({mark} {row['size_aim_mb']})"
+        featurizer = row.get("featurizer", {}).get("median_ms")
+        lines.append(
+            f"| {row['preset']} | {row['format']} | {row['parameters']:,} "
+            f"| {size} | {row['latency']['1']['median_ms']:.2f} "
+            f"| {row['latency']['2']['median_ms']:.2f} "
+            f"| {'' if featurizer is None else f'{featurizer:.2f}'} |"
+        )
+    lines += [
+        "",
+        f"Batch 1, {settings['sequence_length']} tokens, median of "
+        f"{settings['runs']} TFLite runs and {settings['keras_runs']} Keras "
+        f"runs after {settings['warmup']} warm-up runs; random weights; "
+        f"{settings['machine']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=list(SIZE_AIMS_MB))
+    parser.add_argument(
+        "--quantizations",
+        nargs="+",
+        default=list(QUANTIZATIONS),
+        choices=QUANTIZATIONS,
+    )
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--keras-runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--num-calibration-texts", type=int, default=100)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--output-dir", default="results/export")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        model_path, features_path, threads, runs, warmup = args.worker
+        print(
+            json.dumps(
+                keras_worker(
+                    model_path,
+                    features_path,
+                    int(threads),
+                    int(runs),
+                    int(warmup),
+                )
+            )
+        )
+        return 0
+    if min(args.runs, args.keras_runs) < 50:
+        parser.error("--runs and --keras-runs must be at least 50.")
+    unknown = sorted(set(args.presets) - set(SIZE_AIMS_MB))
+    if unknown:
+        parser.error(f"unknown presets {unknown}")
+
+    from neurolite_keras.datasets import load_sib200
+
+    data = load_sib200(args.data_dir)
+    calibration = data.dev.texts
+    featurizer = TextFeaturizer(max_sequence_length=SEQUENCE_LENGTH)
+    text = long_text(data.test.texts, featurizer, SEQUENCE_LENGTH)
+    settings = {
+        "sequence_length": SEQUENCE_LENGTH,
+        "batch_size": 1,
+        "runs": args.runs,
+        "keras_runs": args.keras_runs,
+        "warmup": args.warmup,
+        "weights": "random (seed 0)",
+        "num_calibration_texts": args.num_calibration_texts,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{platform.system()}",
+    }
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="neurolite-bench-") as folder:
+        for preset in args.presets:
+            print(f"{preset}...", flush=True)
+            rows.extend(
+                benchmark_preset(preset, args, calibration, text, folder)
+            )
+    table = markdown(rows, settings)
+    print(table)
+    os.makedirs(args.output_dir, exist_ok=True)
+    atomic_io.write_json(
+        os.path.join(args.output_dir, "export_size_latency.json"),
+        {"settings": settings, "results": rows},
+    )
+    atomic_io.write_text(
+        os.path.join(args.output_dir, "export_size_latency.md"), table
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

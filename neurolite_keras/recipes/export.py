@@ -1,0 +1,1102 @@
+"""Export recipe: a trained NeuroLite `.keras` classifier to a `.tflite`
+file a phone can run, with only TFLite built-in operators.
+
+Run it as `neurolite export MODEL.keras --quantization int8 [--qat-epochs N]
+[--output FILE]`, or call `export_model`. It writes `FILE.tflite` and,
+beside it, `FILE.tflite.json` (the sidecar: featurizer settings, label
+names, tensors, quantization and golden featurizer vectors), which
+`LiteRTClassifier` reads to classify raw text with no `.keras` file.
+
+Quantization modes:
+
+- `"float32"`: no quantization; logits match Keras within 1e-5.
+- `"float16"`: float16 weights, float32 compute.
+- `"dynamic"`: int8 weights, float32 activations.
+- `"int8"`: full integer. Weights are int8 with one scale per output unit
+  (`per_channel=True`) or one per tensor (`per_channel=False`, for
+  accelerators such as Android NNAPI that reject per-channel fully
+  connected weights); activations are int8, with ranges calibrated on real
+  sentences. With `qat_epochs > 0` the model is first fine-tuned with fake
+  int8 weights (`QuantizationAwareModel`) on the given training texts, on
+  whichever backend is active.
+
+Inputs and outputs: the model's inputs stay int32 in every mode
+(`hash_indices` are Bloom filter indices, `padding_mask` is 0 or 1; the
+first int8 operation quantizes inside the graph). The output is float32
+logits (the graph ends with one dequantize), or int8 with
+`int8_output=True`, whose scale and zero point the sidecar records. Batch 1
+and the sequence length are static.
+
+Conversion needs the TensorFlow backend. A model trained under JAX or
+PyTorch is converted in a subprocess, `python -m
+neurolite_keras.recipes.export --request R --result S`, that runs with
+`KERAS_BACKEND=tensorflow`; its errors come back as the same exceptions.
+
+Measured on two shared CPU cores (tiny preset, trained on three SIB-200
+languages): an int8 conversion with 200 calibration sentences takes about
+20 seconds; the file is 1.1 MB; see `benchmarks/export_size_latency.py` for
+sizes and latencies of every preset.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+
+from neurolite_keras import atomic_io
+from neurolite_keras.featurizer import check_texts
+from neurolite_keras.litert_runner import (
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    SIGNATURE_KEY,
+    LiteRTClassifier,
+    sidecar_path,
+)
+from neurolite_keras.quantization import (
+    QuantizationAwareModel,
+    check_quantization,
+)
+from neurolite_keras.tflite_ops import (
+    check_builtin_only,
+    check_static_shapes,
+    operator_counts,
+)
+
+# A few texts in several scripts whose features the sidecar records, so a
+# port of the featurizer can check itself against them.
+GOLDEN_TEXTS = (
+    "Le chat dort sur le canapé depuis ce matin.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Der Zug nach München fährt um 8:15 Uhr ab.",
+    "Москва — столица России.",
+    "القاهرة أكبر مدينة في أفريقيا.",
+    "भारत एक विशाल देश है।",
+    "我喜欢在周末学习新的语言。",
+    "東京は日本の首都です。",
+    "Emoji 🙂 and numbers 12345!",
+    "",
+)
+
+INPUT_DESCRIPTIONS = {
+    "hash_indices": "Bloom filter indices of each token, in "
+    "[0, bloom_filter_size); padding rows hold 0",
+    "padding_mask": "1 for a real token, 0 for padding",
+}
+
+
+class ExportError(RuntimeError):
+    """The conversion to TFLite failed; the message says why."""
+
+
+class UnsupportedOperatorError(ExportError):
+    """A layer uses an operation that has no TFLite built-in operator.
+
+    Attributes:
+        layer: name of the layer, or `None` if it could not be told.
+        op: the TensorFlow operation, such as `"Erfinv"`.
+    """
+
+    def __init__(self, message, layer=None, op=None):
+        super().__init__(message)
+        self.layer = layer
+        self.op = op
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export_model` wrote.
+
+    Attributes:
+        tflite_path: str. The `.tflite` file.
+        sidecar_path: str. Its sidecar JSON.
+        quantization: str. The mode.
+        per_channel: bool. Per-channel weight scales (int8, dynamic).
+        size_bytes: int. Size of the `.tflite` file.
+        operators: dict. Operator name to number of uses.
+        parity: dict or `None`. `parity_figures` on the validation texts,
+            against the `.keras` model that was exported.
+        qat: dict or `None`. Epochs and losses of the QAT fine-tune.
+    """
+
+    tflite_path: str
+    sidecar_path: str
+    quantization: str
+    per_channel: bool
+    size_bytes: int
+    operators: dict
+    parity: dict = None
+    qat: dict = None
+
+
+# --- Quantization-aware fine-tuning ---------------------------------------
+
+
+def quantization_aware_fine_tune(
+    model,
+    texts,
+    labels=None,
+    epochs=1,
+    per_channel=True,
+    distillation=1.0,
+    batch_size=32,
+    learning_rate=1e-4,
+    verbose=0,
+):
+    """Fine-tunes a classifier in place with fake int8 weights.
+
+    Wraps `model` in a `QuantizationAwareModel`, sets its output range from
+    a first batch, and trains it with AdamW on the active backend. The
+    targets are soft: a mix of the float model's own predictions, taken
+    before fine-tuning (self-distillation, weight `distillation`), and the
+    one-hot labels (weight `1 - distillation`). Distillation keeps the
+    quantized model's decisions close to the float model's, which is what
+    the export's parity targets measure. `model`'s own variables are
+    updated: export it afterwards with the same `per_channel`.
+
+    Args:
+        model: a `NeuroLiteForClassification`.
+        texts: list of str, training texts.
+        labels: their labels (names or ids); needed when `distillation`
+            is below 1.
+        epochs: int. Defaults to `1`.
+        per_channel: bool. Weight scales per output unit or per tensor.
+        distillation: float in [0, 1]. Defaults to `1.0`.
+        batch_size: int. Defaults to `32`.
+        learning_rate: float. Defaults to `1e-4`.
+        verbose: Keras' progress setting. Defaults to `0`.
+
+    Returns:
+        The Keras `History`.
+    """
+    texts = check_texts(texts, "train_texts")
+    if not texts:
+        raise ValueError("Quantization-aware training needs training texts.")
+    if (
+        isinstance(distillation, bool)
+        or not isinstance(distillation, (int, float))
+        or not 0.0 <= distillation <= 1.0
+    ):
+        raise ValueError(
+            "`distillation` must be a number in [0, 1]. "
+            f"Received: distillation={distillation!r}"
+        )
+    features = model.featurize(texts)
+    teacher = model.predict(features, batch_size=64, verbose=0)["logits"]
+    teacher = np.asarray(teacher, dtype="float64")
+    teacher = np.exp(teacher - teacher.max(axis=1, keepdims=True))
+    targets = distillation * teacher / teacher.sum(axis=1, keepdims=True)
+    if distillation < 1.0:
+        if labels is None:
+            raise ValueError(
+                f"distillation={distillation} mixes in the labels: pass "
+                "`labels`."
+            )
+        ids = model.encode_labels(labels)
+        if len(ids) != len(texts):
+            raise ValueError(f"Got {len(texts)} texts but {len(ids)} labels.")
+        targets += (1.0 - distillation) * np.eye(model.num_labels)[ids]
+    qat = QuantizationAwareModel(model, per_channel=per_channel)
+    qat.calibrate({name: value[:64] for name, value in features.items()})
+    qat.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=0.0),
+        loss={"logits": keras.losses.CategoricalCrossentropy(from_logits=True)},
+    )
+    return qat.fit(
+        features,
+        {"logits": targets.astype("float32")},
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=verbose,
+    )
+
+
+# --- Conversion (TensorFlow backend) ---------------------------------------
+
+
+def _input_specs(model):
+    """Input name -> (shape with batch 1, dtype); every dimension static."""
+    inputs = model.input
+    if not isinstance(inputs, dict):
+        raise ExportError(
+            "Export expects a model whose inputs are a dict of named "
+            f"tensors (hash_indices, padding_mask); {model.name!r} takes "
+            f"{type(inputs).__name__}."
+        )
+    specs = {}
+    for name, tensor in inputs.items():
+        shape = (1, *tensor.shape[1:])
+        if any(d is None for d in shape):
+            raise ExportError(
+                f"Input {name!r} of {model.name!r} has shape {tensor.shape}: "
+                "every dimension but the batch must be fixed for export."
+            )
+        specs[name] = (shape, str(tensor.dtype))
+    return specs
+
+
+def static_input_signature(model, batch_size=1):
+    """The model's inputs as `keras.InputSpec`s with a fixed batch size.
+
+    Pass it to `model.export(path, format="litert", input_signature=...)`:
+    without it Keras (3.15) derives the signature with the batch dimension
+    set to `None`, even for a model built on `Input(batch_size=1)`, and
+    the `.tflite` file gets a dynamic batch.
+
+    Returns:
+        A one-element list holding a dict of `keras.InputSpec`.
+    """
+    return [
+        {
+            name: keras.InputSpec(
+                shape=(batch_size, *shape[1:]), dtype=dtype, name=name
+            )
+            for name, (shape, dtype) in _input_specs(model).items()
+        }
+    ]
+
+
+def _layer_for_node(model, node):
+    """The layer a TensorFlow node path such as `m_1/mixer_0_1/Erfinv`
+    belongs to: the deepest path segment naming a layer."""
+    names = {model.name: model}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        names.setdefault(layer.name, layer)
+    for segment in reversed(node.split("/")[:-1]):
+        for candidate in (segment, re.sub(r"_\d+$", "", segment)):
+            if candidate in names and names[candidate] is not model:
+                return names[candidate]
+    return None
+
+
+def _explain_conversion_error(error, model, quantization):
+    """A short error naming the layer and op, from a converter message."""
+    text = str(error)
+    unsupported = re.findall(
+        r"'tf\.(\w+)' op is neither a custom op nor a flex op", text
+    )
+    if unsupported:
+        op = unsupported[0]
+        nodes = re.findall(r'fused\["' + op + r':", "([^"@]+)', text)
+        layer = _layer_for_node(model, nodes[0]) if nodes else None
+        where = (
+            f"Layer {layer.name!r} ({type(layer).__name__})"
+            if layer is not None
+            else "A layer"
+        )
+        others = sorted(set(unsupported) - {op})
+        also = f" (also: {', '.join(others)})" if others else ""
+        return UnsupportedOperatorError(
+            f"{where} uses the TensorFlow op {op!r}{also}, which has no "
+            "TFLite built-in operator, so the model cannot be exported with "
+            "built-in operators only. Rewrite that layer with operations "
+            "that TFLite has built-ins for.",
+            layer=None if layer is None else layer.name,
+            op=op,
+        )
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if "error:" in line and "failed while converting" not in line
+    ]
+    detail = lines[0] if lines else (text.strip().splitlines() or [""])[-1]
+    return ExportError(
+        f"TFLite conversion ({quantization}) of {model.name!r} failed: "
+        f"{detail[:600]}"
+    )
+
+
+def convert_model(
+    model,
+    quantization="float32",
+    calibration_features=None,
+    per_channel=True,
+    int8_output=False,
+):
+    """Converts a Keras model to TFLite flatbuffer bytes (TensorFlow only).
+
+    The model is traced with batch 1 through `keras.export.ExportArchive`,
+    written as a SavedModel in a temporary folder, and converted with
+    TFLite built-in operators only (`TFLITE_BUILTINS`, or
+    `TFLITE_BUILTINS_INT8` for `"int8"`). Variables become constants.
+
+    Args:
+        model: a Keras model whose inputs are a dict of fixed-size tensors.
+        quantization: one of `QUANTIZATIONS`.
+        calibration_features: for `"int8"`, a dict of arrays with one row
+            per calibration example (the featurizer's output).
+        per_channel: bool. Per-channel weight scales (`"int8"`,
+            `"dynamic"`).
+        int8_output: bool. Leave the output int8 (`"int8"` only).
+
+    Returns:
+        bytes.
+
+    Raises:
+        UnsupportedOperatorError: a layer uses an op with no built-in.
+        ExportError: any other conversion failure.
+    """
+    import tensorflow as tf
+
+    check_quantization(quantization)
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            "convert_model needs the TensorFlow backend; export_model "
+            "switches to it by itself."
+        )
+    specs = _input_specs(model)
+    signature = [
+        {
+            name: tf.TensorSpec(shape, dtype, name=name)
+            for name, (shape, dtype) in specs.items()
+        }
+    ]
+
+    def serve(inputs):
+        return model(inputs, training=False)
+
+    with tempfile.TemporaryDirectory(prefix="neurolite-savedmodel-") as folder:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", serve, input_signature=signature)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if not per_channel:
+            converter._experimental_disable_per_channel = True
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True  # noqa: E501
+        if quantization == "int8":
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            ]
+            converter.representative_dataset = _representative_dataset(
+                calibration_features, specs
+            )
+            if int8_output:
+                converter.inference_output_type = tf.int8
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return converter.convert()
+        except Exception as error:  # The converter raises several types.
+            raise _explain_conversion_error(
+                error, model, quantization
+            ) from None
+
+
+def _representative_dataset(features, specs):
+    if features is None:
+        raise ValueError(
+            "Full-integer (int8) export needs calibration features."
+        )
+    sizes = {len(features[name]) for name in specs}
+    if len(sizes) != 1 or not sizes.pop():
+        raise ValueError(
+            "The calibration set is empty: int8 export needs real sentences "
+            "to calibrate activation ranges (pass `calibration_texts`)."
+        )
+
+    def generate():
+        for row in range(len(features[next(iter(specs))])):
+            yield {
+                name: np.asarray(features[name][row : row + 1], dtype=dtype)
+                for name, (_, dtype) in specs.items()
+            }
+
+    return generate
+
+
+def _tensor_details(details):
+    scale, zero_point = details["quantization"]
+    return {
+        "shape": [int(d) for d in details["shape"]],
+        "dtype": np.dtype(details["dtype"]).name,
+        "quantization": (
+            {"scale": float(scale), "zero_point": int(zero_point)}
+            if scale
+            else None
+        ),
+    }
+
+
+def _io_details(flatbuffer):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
+    inputs = [
+        {
+            "name": name,
+            **_tensor_details(details),
+            "description": INPUT_DESCRIPTIONS.get(name, ""),
+        }
+        for name, details in sorted(runner.get_input_details().items())
+    ]
+    outputs = [
+        {"name": name, **_tensor_details(details)}
+        for name, details in sorted(runner.get_output_details().items())
+    ]
+    return inputs, outputs
+
+
+def _weights_description(quantization, per_channel):
+    if quantization == "float32":
+        return "float32"
+    if quantization == "float16":
+        return "float16"
+    grain = "per-channel" if per_channel else "per-tensor"
+    return (
+        f"int8, symmetric {grain} scales for fully connected weights; "
+        "embedding tables int8 per-tensor with a zero point"
+        if quantization == "int8"
+        else f"int8, symmetric {grain} scales (dequantized at run time)"
+    )
+
+
+def _calibration_texts(texts, limit):
+    """At most `limit` texts, evenly spread (data sets often concatenate
+    languages or classes)."""
+    if len(texts) <= limit:
+        return list(texts)
+    positions = np.linspace(0, len(texts) - 1, limit).round().astype(int)
+    return [texts[i] for i in positions]
+
+
+def _convert_and_write(
+    model_path,
+    output_path,
+    quantization,
+    per_channel=True,
+    int8_output=False,
+    calibration_texts=None,
+    validation_texts=None,
+    validation_labels=None,
+    source_model_path=None,
+    qat=None,
+):
+    """Loads, converts, checks and writes the `.tflite` and its sidecar
+    (TensorFlow backend). Returns an `ExportResult`."""
+    import tensorflow as tf
+
+    from neurolite_keras import __version__
+    from neurolite_keras.models import load_model
+
+    try:
+        model = load_model(model_path)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # Keras raises several types here.
+        raise ExportError(
+            f"Could not load {model_path!r} as a Keras model: "
+            f"{type(error).__name__}: {str(error)[:300]}"
+        ) from None
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "label_names"):
+        raise ExportError(
+            f"{model_path!r} holds a {type(model).__name__}; export needs a "
+            "NeuroLite classifier (NeuroLiteForClassification), which "
+            "carries its featurizer settings and label names."
+        )
+    featurizer = model.featurizer
+    features = None
+    if quantization == "int8":
+        features = featurizer(calibration_texts or [])
+    flatbuffer = convert_model(
+        model, quantization, features, per_channel, int8_output
+    )
+    try:
+        check_builtin_only(flatbuffer)
+        check_static_shapes(flatbuffer)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    counts = {op.name: n for op, n in operator_counts(flatbuffer).items()}
+    inputs, outputs = _io_details(flatbuffer)
+
+    with tempfile.TemporaryDirectory(prefix="neurolite-export-") as folder:
+        # Run the converted model through the runner for the golden
+        # outputs and the parity figures.
+        staged = os.path.join(folder, "model.tflite")
+        with open(staged, "wb") as file:
+            file.write(flatbuffer)
+        sidecar = {
+            "format": SIDECAR_FORMAT,
+            "format_version": SIDECAR_VERSION,
+            "task": "text-classification",
+            "tflite_file": os.path.basename(output_path),
+            "tflite_size_bytes": len(flatbuffer),
+            "tflite_sha256": _sha256(flatbuffer),
+            "signature": SIGNATURE_KEY,
+            "output_name": "logits",
+            "label_names": list(model.label_names),
+            "featurizer": featurizer.get_config(),
+            "config": config.get_config(),
+            "inputs": inputs,
+            "outputs": outputs,
+            "quantization": {
+                "mode": quantization,
+                "weights": _weights_description(quantization, per_channel),
+                "activations": "int8" if quantization == "int8" else "float32",
+                "per_channel": bool(per_channel),
+                "input_types": sorted({i["dtype"] for i in inputs}),
+                "output_type": outputs[0]["dtype"] if outputs else None,
+                "calibration_texts": (
+                    len(calibration_texts or [])
+                    if quantization == "int8"
+                    else 0
+                ),
+                "qat_epochs": 0 if qat is None else qat["epochs"],
+            },
+            "operators": counts,
+            "golden_vectors": featurizer.golden_vectors(list(GOLDEN_TEXTS)),
+            "qat": qat,
+            "parity": None,
+            "created_with": {
+                "neurolite_keras": __version__,
+                "keras": keras.__version__,
+                "tensorflow": tf.__version__,
+                "source_model": os.path.basename(
+                    source_model_path or model_path
+                ),
+            },
+        }
+        atomic_io.write_text(sidecar_path(staged), _to_json(sidecar))
+        runner = LiteRTClassifier(staged)
+        golden_logits = runner.predict_logits(list(GOLDEN_TEXTS))
+        for golden, logits in zip(sidecar["golden_vectors"], golden_logits):
+            golden["tflite_logits"] = [float(x) for x in logits]
+        if validation_texts:
+            reference = model
+            if source_model_path and source_model_path != model_path:
+                reference = load_model(source_model_path)
+            sidecar["parity"] = parity_figures(
+                _keras_logits(reference, validation_texts),
+                runner.predict_logits(validation_texts),
+                _label_ids(reference, validation_labels),
+                quantization=quantization,
+            )
+        del runner
+
+    atomic_io.write_bytes(output_path, flatbuffer)
+    atomic_io.write_text(sidecar_path(output_path), _to_json(sidecar))
+    return ExportResult(
+        tflite_path=output_path,
+        sidecar_path=sidecar_path(output_path),
+        quantization=quantization,
+        per_channel=bool(per_channel),
+        size_bytes=len(flatbuffer),
+        operators=counts,
+        parity=sidecar["parity"],
+        qat=qat,
+    )
+
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+]+,\s*)*-?[\d.eE+]+)\s*\]")
+
+
+def _to_json(data):
+    """Indented JSON with each list of numbers on one line."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    text = _NUMBER_LIST.sub(
+        lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text
+    )
+    return text + "\n"
+
+
+def _sha256(data):
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- The recipe ------------------------------------------------------------
+
+
+def _check_pair(texts, labels, what):
+    texts = check_texts(texts, f"{what}_texts")
+    if labels is not None:
+        labels = list(np.asarray(labels).reshape(-1).tolist())
+        if len(labels) != len(texts):
+            raise ValueError(
+                f"Got {len(texts)} {what} texts but {len(labels)} labels."
+            )
+    return texts, labels
+
+
+def export_model(
+    model_path,
+    output_path=None,
+    quantization="int8",
+    qat_epochs=0,
+    calibration_texts=None,
+    train_texts=None,
+    train_labels=None,
+    validation_texts=None,
+    validation_labels=None,
+    per_channel=True,
+    int8_output=False,
+    num_calibration_texts=200,
+    qat_batch_size=32,
+    qat_learning_rate=1e-4,
+    qat_distillation=1.0,
+    verbose=0,
+):
+    """Exports a NeuroLite `.keras` classifier to `.tflite` plus sidecar.
+
+    Works under any backend: QAT (if asked) runs on the active backend,
+    and the conversion runs on TensorFlow, in a subprocess when another
+    backend is active. Both files are written atomically at the end; a
+    failed export leaves no file behind and an earlier export intact.
+
+    Args:
+        model_path: path of the `.keras` file.
+        output_path: path of the `.tflite` file. Defaults to `model_path`
+            with the suffix `.tflite`.
+        quantization: `"float32"`, `"float16"`, `"dynamic"` or `"int8"`.
+            Defaults to `"int8"`.
+        qat_epochs: int. Epochs of quantization-aware fine-tuning before
+            an int8 export; `0` calibrates the float model post-training.
+            Defaults to `0`.
+        calibration_texts: list of str, real sentences whose activations
+            set the int8 ranges (at most `num_calibration_texts` are used,
+            evenly spread). Defaults to the training texts.
+        train_texts, train_labels: training data for QAT.
+        validation_texts, validation_labels: optional texts (and labels)
+            on which the sidecar records parity with the `.keras` model.
+        per_channel: bool. Per-channel weight scales; `False` for
+            per-tensor ones (Android NNAPI). Defaults to `True`.
+        int8_output: bool. Leave the int8 model's output in int8.
+            Defaults to `False` (float32 logits).
+        num_calibration_texts: int. Defaults to `200`.
+        qat_batch_size: int. Defaults to `32`.
+        qat_learning_rate: float. Defaults to `1e-4`.
+        qat_distillation: float in [0, 1]. Weight of the float model's own
+            predictions in the QAT targets, the rest going to the labels
+            (see `quantization_aware_fine_tune`). Defaults to `1.0`, which
+            needs no labels.
+        verbose: Keras' progress setting for QAT. Defaults to `0`.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        ValueError: an unknown quantization, an empty calibration set, QAT
+            without training data, or other bad arguments.
+        FileNotFoundError: no model file.
+        UnsupportedOperatorError: a layer's op has no TFLite built-in.
+        ExportError: the conversion failed otherwise.
+    """
+    quantization = check_quantization(quantization)
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"No model file at {model_path!r}")
+    if not model_path.endswith(".keras"):
+        raise ValueError(
+            f"Export reads a .keras model file. Received: {model_path!r}"
+        )
+    if output_path is None:
+        output_path = os.path.splitext(model_path)[0] + ".tflite"
+    output_path = os.path.abspath(os.fspath(output_path))
+    if not output_path.endswith(".tflite"):
+        raise ValueError(
+            f"The output file name must end in '.tflite'. Received: "
+            f"{output_path!r}"
+        )
+    for name, value, low in (
+        ("qat_epochs", qat_epochs, 0),
+        ("num_calibration_texts", num_calibration_texts, 1),
+        ("qat_batch_size", qat_batch_size, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(
+                f"`{name}` must be an integer >= {low}. "
+                f"Received: {name}={value!r}"
+            )
+    for name, value in (
+        ("per_channel", per_channel),
+        ("int8_output", int8_output),
+    ):
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"`{name}` must be True or False. Received: {name}={value!r}"
+            )
+    if qat_epochs and quantization != "int8":
+        raise ValueError(
+            "Quantization-aware training prepares a full-integer export: "
+            f"use quantization='int8' with qat_epochs={qat_epochs}, or "
+            f"qat_epochs=0 with quantization={quantization!r}."
+        )
+    if int8_output and quantization != "int8":
+        raise ValueError("`int8_output=True` needs quantization='int8'.")
+    if train_texts is not None:
+        train_texts, train_labels = _check_pair(
+            train_texts, train_labels, "train"
+        )
+    if qat_epochs and not train_texts:
+        raise ValueError(
+            f"qat_epochs={qat_epochs} needs training data: pass "
+            "`train_texts` (and `train_labels` when qat_distillation < 1)."
+        )
+    calibration = None
+    if quantization == "int8":
+        if calibration_texts is None:
+            calibration_texts = train_texts
+        if calibration_texts is None:
+            raise ValueError(
+                "Full-integer (int8) export calibrates activation ranges on "
+                "real sentences: pass `calibration_texts` (or training "
+                "texts)."
+            )
+        calibration = check_texts(calibration_texts, "calibration_texts")
+        if not calibration:
+            raise ValueError(
+                "The calibration set is empty: int8 export needs real "
+                "sentences to calibrate activation ranges."
+            )
+        calibration = _calibration_texts(calibration, num_calibration_texts)
+    if validation_texts is not None:
+        validation_texts, validation_labels = _check_pair(
+            validation_texts, validation_labels, "validation"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="neurolite-export-") as folder:
+        source = model_path
+        qat = None
+        if qat_epochs:
+            from neurolite_keras.models import load_model
+
+            model = load_model(model_path)
+            history = quantization_aware_fine_tune(
+                model,
+                train_texts,
+                train_labels,
+                epochs=qat_epochs,
+                per_channel=per_channel,
+                distillation=qat_distillation,
+                batch_size=qat_batch_size,
+                learning_rate=qat_learning_rate,
+                verbose=verbose,
+            )
+            qat = {
+                "epochs": qat_epochs,
+                "backend": keras.backend.backend(),
+                "learning_rate": qat_learning_rate,
+                "distillation": qat_distillation,
+                "num_texts": len(train_texts),
+                "loss": [float(x) for x in history.history["loss"]],
+            }
+            source = os.path.join(folder, "qat_model.keras")
+            model.save(source)
+        request = {
+            "model_path": source,
+            "output_path": output_path,
+            "quantization": quantization,
+            "per_channel": per_channel,
+            "int8_output": int8_output,
+            "calibration_texts": calibration,
+            "validation_texts": validation_texts,
+            "validation_labels": validation_labels,
+            "source_model_path": os.path.abspath(model_path),
+            "qat": qat,
+        }
+        if keras.backend.backend() == "tensorflow":
+            return _convert_and_write(**request)
+        return _convert_in_subprocess(request, folder)
+
+
+# --- The TensorFlow subprocess ---------------------------------------------
+
+_ERRORS = {
+    "ValueError": ValueError,
+    "FileNotFoundError": FileNotFoundError,
+    "ExportError": ExportError,
+}
+
+
+def _convert_in_subprocess(request, folder):
+    """Runs `_convert_and_write` under `KERAS_BACKEND=tensorflow`."""
+    request_path = os.path.join(folder, "request.json")
+    result_path = os.path.join(folder, "result.json")
+    with open(request_path, "w", encoding="utf-8") as file:
+        json.dump(request, file, ensure_ascii=False)
+    package_root = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, env.get("PYTHONPATH")) if p
+    )
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    command = [
+        sys.executable,
+        "-m",
+        "neurolite_keras.recipes.export",
+        "--request",
+        request_path,
+        "--result",
+        result_path,
+    ]
+    completed = subprocess.run(
+        command, env=env, capture_output=True, text=True, errors="replace"
+    )
+    if not os.path.isfile(result_path):
+        tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
+        raise ExportError(
+            "The TensorFlow conversion subprocess exited with code "
+            f"{completed.returncode} and no result. Its last output:\n{tail}"
+        )
+    with open(result_path, encoding="utf-8") as file:
+        result = json.load(file)
+    if result["ok"]:
+        return ExportResult(**result["result"])
+    kind, message = result["error_type"], result["message"]
+    if kind == "UnsupportedOperatorError":
+        raise UnsupportedOperatorError(
+            message, layer=result.get("layer"), op=result.get("op")
+        )
+    raise _ERRORS.get(kind, ExportError)(message)
+
+
+def _worker(request_path, result_path):
+    """The subprocess side: convert, then report in `result_path`."""
+    with open(request_path, encoding="utf-8") as file:
+        request = json.load(file)
+    try:
+        if keras.backend.backend() != "tensorflow":
+            raise ExportError(
+                "The conversion subprocess did not get the TensorFlow "
+                f"backend (it has {keras.backend.backend()!r})."
+            )
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            raise ExportError(
+                "Export needs TensorFlow for the conversion: pip install "
+                "'neurolite-keras[export]'."
+            ) from None
+        result = {
+            "ok": True,
+            "result": dataclasses.asdict(_convert_and_write(**request)),
+        }
+        status = 0
+    except Exception as error:  # Reported to the parent process.
+        result = {
+            "ok": False,
+            "error_type": type(error).__name__,
+            "message": str(error),
+            "layer": getattr(error, "layer", None),
+            "op": getattr(error, "op", None),
+        }
+        status = 1
+    atomic_io.write_json(result_path, result)
+    return status
+
+
+# --- Parity ----------------------------------------------------------------
+
+
+def _keras_logits(model, texts):
+    outputs = model.predict(list(texts), verbose=0)
+    return np.asarray(outputs["logits"], dtype="float32")
+
+
+def _label_ids(model, labels):
+    if labels is None:
+        return None
+    index = {name: i for i, name in enumerate(model.label_names)}
+    return np.array(
+        [
+            index.get(str(label), label if isinstance(label, int) else -1)
+            for label in labels
+        ]
+    )
+
+
+def parity_figures(
+    keras_logits,
+    tflite_logits,
+    label_ids=None,
+    languages=None,
+    quantization=None,
+):
+    """How closely TFLite logits follow Keras logits on the same texts.
+
+    Args:
+        keras_logits, tflite_logits: float arrays `(n, num_labels)`.
+        label_ids: optional int array `(n,)` of true labels (-1 for labels
+            the model does not know, which count as errors).
+        languages: optional list of `n` language tags: accuracies are then
+            the mean over languages, as in the project's SIB-200 figures.
+        quantization: optional mode, which picks the targets checked.
+
+    Returns:
+        A dict with `num_texts`, `max_abs_logit_difference`,
+        `mean_abs_logit_difference`, `top1_agreement`, with labels
+        `keras_accuracy`, `tflite_accuracy` and `accuracy_drop` (fractions,
+        0.01 is one point), with languages `per_language`, and `targets`:
+        each target of the export recipe and whether it is met.
+    """
+    keras_logits = np.asarray(keras_logits, dtype="float64")
+    tflite_logits = np.asarray(tflite_logits, dtype="float64")
+    if keras_logits.shape != tflite_logits.shape or not len(keras_logits):
+        raise ValueError(
+            "Need two logit arrays of one non-empty shape. Received "
+            f"{keras_logits.shape} and {tflite_logits.shape}."
+        )
+    keras_top = keras_logits.argmax(axis=1)
+    tflite_top = tflite_logits.argmax(axis=1)
+    difference = np.abs(keras_logits - tflite_logits)
+    groups = None
+    if languages is not None:
+        languages = np.asarray(languages)
+        groups = list(dict.fromkeys(languages.tolist()))
+
+    def mean_over(values):
+        if groups is None:
+            return float(values.mean())
+        return float(np.mean([values[languages == g].mean() for g in groups]))
+
+    figures = {
+        "num_texts": int(len(keras_logits)),
+        "max_abs_logit_difference": float(difference.max()),
+        "mean_abs_logit_difference": float(difference.mean()),
+        "top1_agreement": mean_over(keras_top == tflite_top),
+    }
+    targets = {}
+    if label_ids is not None:
+        label_ids = np.asarray(label_ids)
+        keras_accuracy = mean_over(keras_top == label_ids)
+        tflite_accuracy = mean_over(tflite_top == label_ids)
+        figures["keras_accuracy"] = keras_accuracy
+        figures["tflite_accuracy"] = tflite_accuracy
+        figures["accuracy_drop"] = keras_accuracy - tflite_accuracy
+    if groups is not None:
+        figures["per_language"] = {
+            g: {
+                "top1_agreement": float(
+                    (keras_top == tflite_top)[languages == g].mean()
+                ),
+                **(
+                    {
+                        "keras_accuracy": float(
+                            (keras_top == label_ids)[languages == g].mean()
+                        ),
+                        "tflite_accuracy": float(
+                            (tflite_top == label_ids)[languages == g].mean()
+                        ),
+                    }
+                    if label_ids is not None
+                    else {}
+                ),
+            }
+            for g in groups
+        }
+    if quantization == "float32":
+        targets["logits_within_1e-4"] = (
+            figures["max_abs_logit_difference"] <= 1e-4
+        )
+    elif quantization == "int8":
+        targets["top1_agreement_at_least_0.99"] = (
+            figures["top1_agreement"] >= 0.99
+        )
+        if label_ids is not None:
+            targets["accuracy_drop_at_most_0.01"] = (
+                figures["accuracy_drop"] <= 0.01
+            )
+    figures["targets"] = targets
+    return figures
+
+
+def parity_report(
+    keras_model_path,
+    tflite_path,
+    texts,
+    labels=None,
+    languages=None,
+    num_threads=1,
+):
+    """Parity of an exported `.tflite` with its float `.keras` model.
+
+    Runs both on `texts` (the Keras model on the active backend, the
+    `.tflite` through `LiteRTClassifier`) and compares their logits and,
+    with `labels`, their accuracies. For an int8 export the targets are
+    top-1 agreement of at least 99% and an accuracy at most one point
+    lower; for float32, logits within 1e-4.
+
+    Args:
+        keras_model_path: the float `.keras` model.
+        tflite_path: its export (with its sidecar beside it).
+        texts: list of str, for example a SIB-200 test split's texts.
+        labels: optional labels (names) of `texts`.
+        languages: optional language of each text (SIB-200 splits carry
+            them): accuracies are then means over languages.
+        num_threads: int. Interpreter threads.
+
+    Returns:
+        The dict of `parity_figures`, plus `quantization`, `keras_model`
+        and `tflite_model`.
+    """
+    from neurolite_keras.models import load_model
+
+    texts = check_texts(texts)
+    if not texts:
+        raise ValueError("parity_report needs at least one text.")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"Got {len(texts)} texts but {len(labels)} labels.")
+    if languages is not None and len(languages) != len(texts):
+        raise ValueError(
+            f"Got {len(texts)} texts but {len(languages)} languages."
+        )
+    runner = LiteRTClassifier(tflite_path, num_threads=num_threads)
+    model = load_model(keras_model_path)
+    if list(model.label_names) != runner.label_names:
+        raise ValueError(
+            f"{keras_model_path!r} and {tflite_path!r} have different label "
+            f"names: {list(model.label_names)} vs {runner.label_names}."
+        )
+    quantization = runner.metadata.get("quantization", {}).get("mode")
+    figures = parity_figures(
+        _keras_logits(model, texts),
+        runner.predict_logits(texts),
+        _label_ids(model, labels),
+        languages,
+        quantization,
+    )
+    figures.update(
+        {
+            "quantization": quantization,
+            "keras_model": os.fspath(keras_model_path),
+            "tflite_model": os.fspath(tflite_path),
+        }
+    )
+    return figures
+
+
+def main(argv=None):
+    """Entry of the conversion subprocess (not a user command: use
+    `neurolite export`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m neurolite_keras.recipes.export",
+        description="TensorFlow side of `neurolite export` (internal).",
+    )
+    parser.add_argument("--request", required=True)
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args(argv)
+    return _worker(args.request, args.result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

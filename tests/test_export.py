@@ -1,0 +1,626 @@
+"""Mobile export: QAT, int8 TFLite with built-in operators only, the LiteRT
+runner and its sidecar.
+
+Conversions need TensorFlow, so the tests that convert run under
+`KERAS_BACKEND=tensorflow`; under JAX and PyTorch one test exports through
+the recipe's TensorFlow subprocess. Converted models are shared through
+module-scoped fixtures.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from neurolite_keras import NeuroLiteConfig, NeuroLiteForClassification
+from neurolite_keras.datasets import load_sib200
+from neurolite_keras.layers import HashProjection, MaskedMeanPooling
+from neurolite_keras.litert_runner import (
+    LiteRTClassifier,
+    MissingSidecarError,
+    sidecar_path,
+)
+from neurolite_keras.models import feature_inputs
+from neurolite_keras.quantization import (
+    FakeQuant,
+    QuantizationAwareModel,
+    fake_quantize_weight,
+)
+from neurolite_keras.recipes import export as export_recipe
+from neurolite_keras.recipes.export import (
+    ExportError,
+    UnsupportedOperatorError,
+    export_model,
+    parity_report,
+)
+from neurolite_keras.tflite_ops import (
+    check_static_shapes,
+    float_operators,
+    list_operators,
+)
+
+BACKEND = keras.backend.backend()
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="conversion runs on TensorFlow"
+)
+LANGUAGES = ["eng_Latn", "fra_Latn", "deu_Latn"]
+
+
+def tiny_config():
+    return NeuroLiteConfig.tiny(
+        hidden_size=32,
+        projection_size=32,
+        num_mixer_layers=2,
+        bloom_filter_size=512,
+        max_sequence_length=16,
+        token_mixing_size=16,
+        channel_mixing_size=64,
+        num_hashes=4,
+    )
+
+
+@pytest.fixture(scope="module")
+def sib200():
+    path = os.environ["NEUROLITE_DATA_DIR"]
+    if not os.path.isdir(os.path.join(path, "sib200")):
+        pytest.skip(f"SIB-200 not found under {path}")
+    return load_sib200(path, languages=LANGUAGES, download=False)
+
+
+@pytest.fixture(scope="module")
+def trained(sib200, tmp_path_factory):
+    """A tiny classifier trained briefly on real sentences, and its file."""
+    keras.utils.set_random_seed(0)
+    model = NeuroLiteForClassification(
+        tiny_config(), label_names=sib200.label_names
+    )
+    model.compile()
+    model.fit(
+        sib200.train.texts,
+        sib200.train.labels,
+        epochs=4,
+        batch_size=32,
+        verbose=0,
+    )
+    path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
+    model.save(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def held_out(sib200):
+    """Dev sentences of every language (the model never trained on them)."""
+    texts, labels = sib200.dev.texts, sib200.dev.labels
+    keep = np.linspace(0, len(texts) - 1, 150).round().astype(int)
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
+@pytest.fixture(scope="module")
+def exports(trained, sib200, tmp_path_factory):
+    """One export per mode, made once for the module (TensorFlow only)."""
+    if BACKEND != "tensorflow":
+        pytest.skip("conversion runs on TensorFlow")
+    _, path = trained
+    folder = tmp_path_factory.mktemp("exports")
+    made = {}
+    for name, kwargs in {
+        "float32": {"quantization": "float32"},
+        "float16": {"quantization": "float16"},
+        "dynamic": {"quantization": "dynamic"},
+        "int8": {"quantization": "int8"},
+        "int8_per_tensor": {"quantization": "int8", "per_channel": False},
+    }.items():
+        made[name] = export_model(
+            path,
+            str(folder / f"{name}.tflite"),
+            calibration_texts=sib200.train.texts,
+            **kwargs,
+        )
+    return made
+
+
+def _keras_logits(model, texts):
+    return np.asarray(model.predict(texts, verbose=0)["logits"])
+
+
+# --- What the exported files hold ------------------------------------------
+
+
+@tensorflow_only
+@pytest.mark.parametrize(
+    "name", ["float32", "float16", "dynamic", "int8", "int8_per_tensor"]
+)
+def test_only_builtin_operators_and_static_shapes(exports, name):
+    result = exports[name]
+    operators = list_operators(result.tflite_path)
+    assert operators, "no operator found"
+    others = [op.name for op in operators if op.kind != "builtin"]
+    assert not others, f"{name} export holds non-built-in operators {others}"
+    assert not {op.name for op in operators} & {"SHAPE", "WHERE", "RANGE"}
+    check_static_shapes(result.tflite_path)
+    with open(result.sidecar_path, encoding="utf-8") as file:
+        sidecar = json.load(file)
+    shapes = {i["name"]: i["shape"] for i in sidecar["inputs"]}
+    assert shapes == {"hash_indices": [1, 16, 4], "padding_mask": [1, 16]}
+    assert [i["dtype"] for i in sidecar["inputs"]] == ["int32", "int32"]
+
+
+@tensorflow_only
+def test_int8_is_full_integer_with_per_channel_or_per_tensor_weights(
+    exports,
+):
+    from ai_edge_litert.interpreter import Interpreter
+
+    for name, per_channel in (("int8", True), ("int8_per_tensor", False)):
+        path = exports[name].tflite_path
+        # Everything but the negation inside each layer normalization
+        # (TFLite's quantizer has no int8 NEG) computes in int8.
+        assert {op for op, _ in float_operators(path)} <= {"NEG"}
+        interpreter = Interpreter(model_path=path)
+        tensors = interpreter.get_tensor_details()
+        weights = [
+            t
+            for t in tensors
+            if t["dtype"] == np.int8
+            and "MatMul" in t["name"]
+            and len(t["shape"]) == 2
+        ]
+        assert len(weights) == 9, [t["name"] for t in weights]
+        for tensor in weights:
+            scales = tensor["quantization_parameters"]["scales"]
+            expected = tensor["shape"][0] if per_channel else 1
+            assert len(scales) == expected, tensor["name"]
+            zero_points = tensor["quantization_parameters"]["zero_points"]
+            assert not np.any(zero_points)
+    ratio = exports["int8"].size_bytes / exports["float32"].size_bytes
+    assert ratio < 0.6, f"int8 is {ratio:.0%} of the float32 size"
+
+
+@tensorflow_only
+def test_sidecar_carries_featurizer_labels_and_golden_vectors(trained, exports):
+    model, _ = trained
+    result = exports["int8"]
+    with open(result.sidecar_path, encoding="utf-8") as file:
+        sidecar = json.load(file)
+    assert sidecar["format"] == "neurolite-litert"
+    assert sidecar["label_names"] == model.label_names
+    assert sidecar["featurizer"] == model.featurizer.get_config()
+    assert sidecar["config"] == model.config.get_config()
+    assert sidecar["quantization"]["mode"] == "int8"
+    assert sidecar["quantization"]["per_channel"] is True
+    assert sidecar["quantization"]["calibration_texts"] == 200
+    assert sidecar["outputs"][0]["name"] == "logits"
+    assert sidecar["outputs"][0]["shape"] == [1, len(model.label_names)]
+    assert set(sidecar["operators"]) == {
+        op.name for op in list_operators(result.tflite_path)
+    }
+    goldens = sidecar["golden_vectors"]
+    assert len(goldens) >= 8 and goldens[-1]["text"] == ""
+    features = model.featurizer([g["text"] for g in goldens])
+    for row, golden in enumerate(goldens):
+        assert golden["hash_indices"] == features["hash_indices"][row].tolist()
+        assert golden["padding_mask"] == features["padding_mask"][row].tolist()
+        assert golden["tokens"] == model.featurizer.tokenize(golden["text"])
+    runner = LiteRTClassifier(result.tflite_path)
+    logits = runner.predict_logits([g["text"] for g in goldens])
+    np.testing.assert_allclose(
+        logits, [g["tflite_logits"] for g in goldens], atol=1e-6
+    )
+
+
+# --- Parity ----------------------------------------------------------------
+
+
+@tensorflow_only
+def test_float32_logits_match_keras(trained, exports, held_out):
+    model, _ = trained
+    texts = held_out[0][:48]
+    runner = LiteRTClassifier(exports["float32"].tflite_path)
+    difference = np.abs(
+        runner.predict_logits(texts) - _keras_logits(model, texts)
+    )
+    assert difference.max() <= 1e-4
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", ["int8", "int8_per_tensor"])
+def test_int8_agrees_with_float_model(trained, exports, held_out, name):
+    _, path = trained
+    texts, labels = held_out
+    report = parity_report(path, exports[name].tflite_path, texts, labels)
+    assert report["num_texts"] == len(texts)
+    assert report["top1_agreement"] >= 0.99, report
+    assert report["accuracy_drop"] <= 0.01, report
+    assert all(report["targets"].values()), report["targets"]
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", ["float16", "dynamic"])
+def test_float16_and_dynamic_run_close_to_keras(
+    trained, exports, held_out, name
+):
+    model, _ = trained
+    texts = held_out[0][:32]
+    runner = LiteRTClassifier(exports[name].tflite_path, num_threads=2)
+    logits = runner.predict_logits(texts)
+    reference = _keras_logits(model, texts)
+    assert np.abs(logits - reference).max() < 0.5
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
+def test_parity_figures_checks_its_targets():
+    keras_logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    tflite_logits = keras_logits + 1e-5
+    figures = export_recipe.parity_figures(
+        keras_logits,
+        tflite_logits,
+        np.array([0, 1, 1]),
+        languages=["fr", "fr", "en"],
+        quantization="float32",
+    )
+    assert figures["top1_agreement"] == 1.0
+    # Accuracy is the mean over languages: fr 1.0, en 0.0.
+    assert figures["keras_accuracy"] == pytest.approx(0.5)
+    assert figures["targets"] == {"logits_within_1e-4": True}
+    flipped = tflite_logits[:, ::-1]
+    figures = export_recipe.parity_figures(
+        keras_logits, flipped, quantization="int8"
+    )
+    assert figures["targets"] == {"top1_agreement_at_least_0.99": False}
+
+
+# --- The LiteRT runner -----------------------------------------------------
+
+
+@tensorflow_only
+def test_runner_classifies_raw_text(exports):
+    runner = LiteRTClassifier(exports["int8"].tflite_path, num_threads=1)
+    texts = ["Le match de football a fini tard.", "", "🙂 " * 40]
+    probabilities = runner.predict_proba(texts)
+    assert probabilities.shape == (3, len(runner.label_names))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert runner.predict_proba([]).shape == (0, len(runner.label_names))
+    (best,) = runner.classify(texts[0])
+    assert best[0][0] in runner.label_names
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        runner.predict_proba(["ok", None])
+
+
+@tensorflow_only
+def test_runner_needs_its_own_sidecar(exports, tmp_path):
+    source = exports["float32"].tflite_path
+    lonely = tmp_path / "lonely.tflite"
+    lonely.write_bytes(open(source, "rb").read())
+    with pytest.raises(MissingSidecarError, match="lonely.tflite.json"):
+        LiteRTClassifier(str(lonely))
+    # A sidecar written for another file is refused.
+    other = tmp_path / "other.tflite"
+    other.write_bytes(open(exports["int8"].tflite_path, "rb").read())
+    (tmp_path / "other.tflite.json").write_text(
+        open(sidecar_path(source), encoding="utf-8").read(), encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match="SHA-256"):
+        LiteRTClassifier(str(other))
+    with pytest.raises(FileNotFoundError, match="No .tflite file"):
+        LiteRTClassifier(str(tmp_path / "missing.tflite"))
+
+
+# --- Errors that help ------------------------------------------------------
+
+
+def test_bad_arguments_give_clear_errors(trained, tmp_path):
+    _, path = trained
+    out = str(tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        export_model(path, out, quantization="int4")
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        export_model(path, out, quantization="int8", calibration_texts=[])
+    with pytest.raises(ValueError, match="calibrates activation ranges"):
+        export_model(path, out, quantization="int8")
+    with pytest.raises(ValueError, match="quantization='int8'"):
+        export_model(path, out, quantization="float16", qat_epochs=1)
+    with pytest.raises(ValueError, match="needs training data"):
+        export_model(
+            path,
+            out,
+            quantization="int8",
+            qat_epochs=1,
+            calibration_texts=["x"],
+        )
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        export_model(str(tmp_path / "none.keras"), out)
+    assert os.listdir(tmp_path) == []
+
+
+def test_broken_model_file_fails_cleanly_on_every_backend(tmp_path):
+    # Under JAX and PyTorch the error comes back from the TensorFlow
+    # subprocess; either way it is one clear exception and no file.
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip file")
+    with pytest.raises((ValueError, ExportError)) as info:
+        export_model(
+            str(broken), str(tmp_path / "out.tflite"), quantization="float32"
+        )
+    assert "Traceback" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["broken.keras"]
+
+
+@keras.saving.register_keras_serializable(package="neurolite_tests")
+class InverseErf(keras.layers.Layer):
+    """A layer whose op (Erfinv) has no TFLite built-in."""
+
+    def call(self, inputs):
+        return ops.erfinv(ops.tanh(inputs) * 0.5)
+
+
+@keras.saving.register_keras_serializable(package="neurolite_tests")
+class ClassifierWithInverseErf(keras.Model):
+    """A minimal classifier with the attributes export needs."""
+
+    def __init__(self, config, label_names, **kwargs):
+        self.config = NeuroLiteConfig.from_config(config)
+        self.label_names = list(label_names)
+        inputs = feature_inputs(self.config)
+        x = HashProjection(self.config.bloom_filter_size, 8, name="projection")(
+            inputs["hash_indices"]
+        )
+        x = InverseErf(name="inverse_erf")(x)
+        x = MaskedMeanPooling()(x, padding_mask=inputs["padding_mask"])
+        logits = keras.layers.Dense(len(self.label_names), name="logits")(x)
+        super().__init__(inputs, {"logits": logits}, **kwargs)
+
+    @property
+    def featurizer(self):
+        from neurolite_keras.featurizer import TextFeaturizer
+
+        return TextFeaturizer.from_config(self.config)
+
+    def get_config(self):
+        return {
+            "config": self.config.get_config(),
+            "label_names": self.label_names,
+            "name": self.name,
+        }
+
+
+@tensorflow_only
+def test_unsupported_op_names_layer_and_op_and_leaves_no_file(tmp_path):
+    model = ClassifierWithInverseErf(tiny_config().get_config(), ["a", "b"])
+    path = str(tmp_path / "odd.keras")
+    model.save(path)
+    out = tmp_path / "odd.tflite"
+    out.write_bytes(b"previous export")
+    with pytest.raises(UnsupportedOperatorError) as info:
+        export_model(path, str(out), quantization="float32")
+    message = str(info.value)
+    assert "'inverse_erf'" in message and "'Erfinv'" in message, message
+    assert "Traceback" not in message and len(message) < 400
+    assert (info.value.layer, info.value.op) == ("inverse_erf", "Erfinv")
+    assert out.read_bytes() == b"previous export"
+    assert sorted(os.listdir(tmp_path)) == ["odd.keras", "odd.tflite"]
+
+
+# --- Cases from public reports ---------------------------------------------
+
+
+@tensorflow_only
+@pytest.mark.parametrize("entry_point", ["model.export", "from_keras_model"])
+def test_static_batch_survives_conversion(
+    trained, held_out, tmp_path, entry_point
+):
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    classifier, _ = trained
+    inputs = feature_inputs(classifier.config, batch_size=1)
+    model = keras.Model(inputs, classifier(inputs))
+    path = str(tmp_path / "static.tflite")
+    if entry_point == "model.export":
+        # Keras derives the export signature with the batch set to None;
+        # the explicit batch-1 signature keeps it static.
+        model.export(
+            path,
+            format="litert",
+            verbose=False,
+            input_signature=export_recipe.static_input_signature(model),
+        )
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        with open(path, "wb") as file:
+            file.write(converter.convert())
+    interpreter = Interpreter(model_path=path)
+    for detail in interpreter.get_input_details():
+        assert detail["shape_signature"][0] == 1, detail
+    check_static_shapes(path)
+    runner = interpreter.get_signature_runner()
+    features = classifier.featurize(held_out[0][:8])
+    expected = np.asarray(model.predict(features, verbose=0)["logits"])
+    for row in range(8):
+        output = runner(**{k: v[row : row + 1] for k, v in features.items()})
+        np.testing.assert_allclose(
+            output["logits"][0], expected[row], atol=1e-5
+        )
+
+
+def _numpy_fake_quant(x, low, high):
+    """Reference fake quantization (8 bits, 256 levels) in float32."""
+    x, low, high = (np.float32(v) for v in (x, low, high))
+    scale = (high - low) / np.float32(255)
+    zero_point = np.round(np.clip(-low / scale, 0, 255))
+    nudged_low = (0 - zero_point) * scale
+    nudged_high = (255 - zero_point) * scale
+    clipped = np.clip(x, nudged_low, nudged_high)
+    quant_zero = np.floor(-nudged_low / scale + np.float32(0.5))
+    out = np.floor((clipped - nudged_low) / scale - quant_zero + 0.5) * scale
+    return out.astype("float32"), nudged_low, nudged_high
+
+
+def test_fake_quant_with_learnable_range_trains_the_same_everywhere():
+    rng = np.random.default_rng(7)
+    x = (2.0 * rng.standard_normal((8, 4))).astype("float32")
+    y = (0.5 * rng.standard_normal((8, 3))).astype("float32")
+    kernel = (0.5 * rng.standard_normal((4, 3))).astype("float32")
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(
+        3, kernel_initializer=keras.initializers.Constant(kernel)
+    )
+    quantizer = FakeQuant(initial_min=-1.0, initial_max=1.0)
+    model = keras.Model(inputs, quantizer(dense(inputs)))
+    learning_rate = 0.1
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    after = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+
+    # NumPy reference of the loss and the straight-through gradients.
+    z = x @ kernel
+    out, low, high = _numpy_fake_quant(z, -1.0, 1.0)
+    loss = np.mean((out - y) ** 2)
+    upstream = 2.0 * (out - y) / out.size
+    inside = (z >= low) & (z <= high)
+    expected = {
+        "kernel": x.T @ np.where(inside, upstream, 0.0),
+        "bias": np.where(inside, upstream, 0.0).sum(axis=0),
+        "min": upstream[z < low].sum(),
+        "max": upstream[z > high].sum(),
+    }
+    assert history.history["loss"][0] == pytest.approx(loss, abs=1e-5)
+    for variable, old, new in zip(model.trainable_variables, before, after):
+        gradient = (old - new) / learning_rate
+        assert gradient.shape == tuple(variable.shape), variable.path
+        name = variable.path.split("/")[-1]
+        np.testing.assert_allclose(
+            gradient, expected[name], atol=1e-4, err_msg=variable.path
+        )
+    assert abs(expected["min"]) > 1e-3 and abs(expected["max"]) > 1e-3
+
+
+# --- Quantization-aware training -------------------------------------------
+
+
+def test_fake_quantized_weights_sit_on_the_int8_grid():
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((16, 5)).astype("float32")
+    per_channel = ops.convert_to_numpy(
+        fake_quantize_weight(kernel, "per_channel")
+    )
+    scales = np.abs(kernel).max(axis=0) / 127
+    steps = per_channel / scales
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert np.abs(per_channel - kernel).max() <= scales.max() / 2 + 1e-6
+    per_tensor = ops.convert_to_numpy(
+        fake_quantize_weight(kernel, "per_tensor")
+    )
+    steps = per_tensor / (np.abs(kernel).max() / 127)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    with pytest.raises(ValueError, match="scheme"):
+        fake_quantize_weight(kernel, "per_row")
+
+
+def test_qat_reaches_every_dense_and_round_trips(sib200, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = NeuroLiteForClassification(
+        tiny_config(), label_names=sib200.label_names
+    )
+    qat = QuantizationAwareModel(model)
+    dense_kernels = {
+        layer.kernel.path
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.Dense)
+    }
+    covered = {w.path for w in qat.quantized_weights}
+    assert dense_kernels <= covered
+    assert "backbone/mixer_1/token_dense_in/kernel" in covered
+    assert any(w.scheme == "asymmetric" for w in qat.quantized_weights)
+
+    texts, labels = sib200.train.texts[:64], sib200.train.labels[:64]
+    features = model.featurize(texts)
+    nested = model.get_layer("backbone").get_layer("mixer_0")
+    before = ops.convert_to_numpy(nested.token_dense_in.kernel)
+    float_logits = _keras_logits(model, features)
+    qat.calibrate(features)
+    qat.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss={
+            "logits": keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True
+            )
+        },
+    )
+    history = qat.fit(
+        features,
+        {"logits": model.encode_labels(labels)},
+        batch_size=32,
+        epochs=1,
+        verbose=0,
+    )
+    assert np.isfinite(history.history["loss"][0])
+    after = ops.convert_to_numpy(nested.token_dense_in.kernel)
+    assert not np.allclose(before, after), "nested Dense got no gradient"
+
+    quantized = np.asarray(ops.convert_to_numpy(qat(features)["logits"]))
+    trained_float = _keras_logits(model, features)
+    assert 0 < np.abs(quantized - trained_float).max() < 1.0
+    assert not np.allclose(trained_float, float_logits)
+    path = str(tmp_path / "qat.keras")
+    qat.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, QuantizationAwareModel)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(restored(features)["logits"]),
+        quantized,
+        atol=1e-5,
+    )
+
+
+@tensorflow_only
+def test_int8_export_after_qat(trained, sib200, held_out, tmp_path):
+    _, path = trained
+    texts = sib200.train.texts[::6]
+    result = export_model(
+        path,
+        str(tmp_path / "qat.tflite"),
+        quantization="int8",
+        qat_epochs=1,
+        train_texts=texts,
+        validation_texts=held_out[0][:64],
+        validation_labels=held_out[1][:64],
+    )
+    assert result.qat["epochs"] == 1 and result.qat["backend"] == "tensorflow"
+    assert result.parity["top1_agreement"] >= 0.95, result.parity
+    assert [
+        op for op in list_operators(result.tflite_path) if op.kind != "builtin"
+    ] == []
+    with open(result.sidecar_path, encoding="utf-8") as file:
+        assert json.load(file)["quantization"]["qat_epochs"] == 1
+
+
+@pytest.mark.skipif(
+    BACKEND == "tensorflow", reason="tests the TensorFlow subprocess"
+)
+def test_model_trained_on_this_backend_exports_through_subprocess(
+    trained, sib200, held_out, tmp_path
+):
+    model, path = trained
+    texts = held_out[0][:40]
+    result = export_model(
+        path,
+        str(tmp_path / "tiny.tflite"),
+        quantization="int8",
+        qat_epochs=1,
+        train_texts=sib200.train.texts[::8],
+    )
+    assert result.qat["backend"] == BACKEND
+    assert all(
+        op.kind == "builtin" for op in list_operators(result.tflite_path)
+    )
+    runner = LiteRTClassifier(result.tflite_path)
+    assert runner.label_names == model.label_names
+    agreement = (
+        runner.predict_proba(texts).argmax(1)
+        == _keras_logits(model, texts).argmax(1)
+    ).mean()
+    assert agreement >= 0.9
