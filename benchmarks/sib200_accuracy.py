@@ -48,8 +48,7 @@ def per_language_accuracy(predicted, split):
 
 def tfidf_svm(data):
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline
-    from sklearn.pipeline import make_union
+    from sklearn.pipeline import make_pipeline, make_union
     from sklearn.svm import LinearSVC
 
     features = make_union(

@@ -9,15 +9,18 @@ import numpy as np
 
 from neurolite_keras import memory_state
 from neurolite_keras.config import NeuroLiteConfig
-from neurolite_keras.featurizer import TextFeaturizer
-from neurolite_keras.featurizer import check_texts
-from neurolite_keras.layers import FNetBlock
-from neurolite_keras.layers import HashProjection
-from neurolite_keras.layers import HyperMixerBlock
-from neurolite_keras.layers import MaskedMeanPooling
-from neurolite_keras.layers import MlpMixerBlock
-from neurolite_keras.layers.memory import AssociativeMemory
-from neurolite_keras.layers.memory import EpisodicLabelReadout
+from neurolite_keras.featurizer import TextFeaturizer, check_texts
+from neurolite_keras.layers import (
+    FNetBlock,
+    HashProjection,
+    HyperMixerBlock,
+    MaskedMeanPooling,
+    MlpMixerBlock,
+)
+from neurolite_keras.layers.memory import (
+    AssociativeMemory,
+    EpisodicLabelReadout,
+)
 from neurolite_keras.layers.routing import MixtureOfExperts
 from neurolite_keras.layers.symbolic import SymbolicFusion
 from neurolite_keras.rules import RuleSet
@@ -168,6 +171,7 @@ class NeuroLiteModel(keras.Model):
                 expert_size=config.expert_size,
                 num_experts_per_token=config.num_experts_per_token,
                 aux_loss_weight=config.router_aux_loss_weight,
+                dropout_rate=config.dropout_rate,
                 name="experts",
             )
         if config.use_external_memory:
@@ -184,12 +188,16 @@ class NeuroLiteModel(keras.Model):
         if experts is not None:
             experts_input = experts_norm(x)
             routed = experts(experts_input, padding_mask=padding_mask)
+            routed = keras.layers.Dropout(
+                config.dropout_rate, name="experts_dropout"
+            )(routed)
             x = keras.layers.Add(name="experts_residual")([x, routed])
         memory_input = x
         label_scores = None
         if memory is not None and num_memory_labels:
-            x, label_scores = memory(
-                x, padding_mask=padding_mask, return_label_scores=True
+            x, label_scores, sentence_query = memory(
+                x, padding_mask=padding_mask, return_label_scores=True,
+                return_sentence_query=True,
             )
         elif memory is not None:
             x = memory(x, padding_mask=padding_mask)
@@ -200,6 +208,7 @@ class NeuroLiteModel(keras.Model):
             outputs = {
                 "sequence_output": outputs,
                 "memory_label_scores": label_scores,
+                "memory_sentence_query": sentence_query,
             }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
@@ -308,29 +317,22 @@ class NeuroLiteModel(keras.Model):
         self.memory_texts = [None] * self.config.num_episodic_slots
 
     def get_memory_state(self):
-        """The episodic memory as a dict of NumPy arrays."""
+        """The episodic memory as a dict of NumPy arrays.
+
+        The texts the slots came from are not part of it: they are kept in
+        `memory_texts` and saved in the `.keras` file.
+        """
         self._require_memory()
-        state = dict(self.memory.get_state())
-        state["texts"] = np.array(
-            ["" if t is None else t for t in self.memory_texts], dtype=str
-        )
-        return state
+        return dict(self.memory.get_state())
 
     def set_memory_state(self, state):
-        """Restores `get_memory_state()`'s output; on error nothing changes."""
+        """Restores `get_memory_state()`'s output; on error nothing changes.
+
+        `memory_texts` are forgotten, since the state does not carry them.
+        """
         self._require_memory()
-        state = dict(state)
-        texts = state.pop("texts", None)
-        if texts is not None and len(texts) != self.config.num_episodic_slots:
-            raise ValueError(
-                f"The state holds {len(texts)} slot texts; this memory has "
-                f"{self.config.num_episodic_slots} slots."
-            )
         self.memory.set_state(state)
-        if texts is None:
-            self.memory_texts = [None] * self.config.num_episodic_slots
-        else:
-            self.memory_texts = [str(t) or None for t in texts]
+        self.memory_texts = [None] * self.config.num_episodic_slots
 
     def save_memory_state(self, path):
         """Writes the episodic memory to a `.npz` file, atomically."""
@@ -392,12 +394,15 @@ class NeuroLiteForClassification(keras.Model):
         )
         pooling = MaskedMeanPooling(name="pooling")
         dropout = keras.layers.Dropout(config.dropout_rate, name="head_dropout")
-        head = keras.layers.Dense(num_labels, name="head")
-        fusion = readout = None
+        fusion = None
         if config.use_symbolic_module:
             fusion = SymbolicFusion(num_labels, name="rules")
         if memory_labels:
-            readout = EpisodicLabelReadout(name="memory_readout")
+            # A cosine head over the memory's key space, in which labelled
+            # episodic slots vote like trained label vectors.
+            head = EpisodicLabelReadout(num_labels, name="head")
+        else:
+            head = keras.layers.Dense(num_labels, name="head")
 
         # === Functional model ===
         inputs = dict(backbone.input)
@@ -407,15 +412,15 @@ class NeuroLiteForClassification(keras.Model):
             )
         backbone_inputs = {k: inputs[k] for k in backbone.input}
         hidden = backbone(backbone_inputs)
-        if readout is not None:
-            label_scores = hidden["memory_label_scores"]
-            hidden = hidden["sequence_output"]
-        pooled = dropout(pooling(hidden, padding_mask=inputs["padding_mask"]))
-        logits = head(pooled)
+        if memory_labels:
+            logits = head(
+                hidden["memory_sentence_query"], hidden["memory_label_scores"]
+            )
+        else:
+            pooled = pooling(hidden, padding_mask=inputs["padding_mask"])
+            logits = head(dropout(pooled))
         if fusion is not None:
             logits = fusion(logits, inputs["rule_evidence"])
-        if readout is not None:
-            logits = readout(logits, label_scores)
         super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
 
         # === Config ===

@@ -98,8 +98,10 @@ def test_rejects_bad_arguments():
         AssociativeMemory(4, 2, KEY, centering_momentum=1.0)
     with pytest.raises(ValueError, match="num_labels=-3"):
         AssociativeMemory(4, 2, KEY, num_labels=-3)
-    with pytest.raises(ValueError, match="recall_threshold=1.5"):
-        EpisodicLabelReadout(recall_threshold=1.5)
+    with pytest.raises(ValueError, match="margin=1.5"):
+        EpisodicLabelReadout(4, margin=1.5)
+    with pytest.raises(ValueError, match="num_labels=0"):
+        EpisodicLabelReadout(0)
     memory = _memory(num_labels=0)
     hidden, mask = _texts(1)
     with pytest.raises(ValueError, match="num_labels > 0"):
@@ -373,7 +375,12 @@ def _sequence(seed=12):
     return [(h[None], mask[:1], w, label) for h, w, label in steps]
 
 
-def _variable_step(memory, hidden, mask, write, label):
+_READ_OUTPUTS = ("outputs", "attention", "scores", "query")
+
+
+def _variable_step(memory, hidden, mask, write, label, readout=None):
+    """One step of `_sequence` on the layer's variables; the read outputs
+    by name, or `None` for a write."""
     if write:
         memory.write(hidden, mask, labels=[label])
         return None
@@ -382,8 +389,12 @@ def _variable_step(memory, hidden, mask, write, label):
         padding_mask=mask,
         return_attention=True,
         return_label_scores=True,
+        return_sentence_query=True,
     )
-    return [_numpy(x) for x in outputs]
+    named = dict(zip(_READ_OUTPUTS, outputs))
+    if readout is not None:
+        named["logits"] = readout(named["query"], named["scores"])
+    return {key: _numpy(value) for key, value in named.items()}
 
 
 def test_explicit_state_matches_the_variables():
@@ -396,6 +407,7 @@ def test_explicit_state_matches_the_variables():
             padding_mask=mask,
             return_attention=True,
             return_label_scores=True,
+            return_sentence_query=True,
             state=state,
             write_mask=np.array([write], "float32"),
             write_labels=np.array([label], "int32"),
@@ -403,32 +415,60 @@ def test_explicit_state_matches_the_variables():
         state = {name: _numpy(value) for name, value in state.items()}
         _assert_states_equal(state, memory.get_state())
         if expected is not None:
-            for a, b in zip(outputs, expected):
-                np.testing.assert_allclose(_numpy(a), b, rtol=1e-5, atol=1e-6)
+            for key, value in zip(_READ_OUTPUTS, outputs):
+                np.testing.assert_allclose(
+                    _numpy(value), expected[key], rtol=1e-5, atol=1e-6
+                )
     assert memory.get_state()["episodic_labels"].tolist() == [1, 4, 3]
 
 
-def test_label_scores_and_readout():
+def test_label_scores_and_readout(tmp_path):
     memory = _memory(num_labels=5)
     hidden, mask = _texts(3, seed=13)
-    logits = np.array([[3.0, 1.0, 0.0, 0.0, 0.0]] * 3, "float32")
-    readout = EpisodicLabelReadout(label_beta=20.0, recall_threshold=0.7)
-    _, scores = memory(hidden, padding_mask=mask, return_label_scores=True)
-    assert np.all(_numpy(scores) == ABSENT_LABEL_SCORE)
-    # With no labelled slot the readout is exactly the classifier's.
-    np.testing.assert_array_equal(
-        _numpy(readout(logits, scores)),
-        _numpy(keras.ops.log_softmax(logits, axis=-1)),
+    _, scores, query = memory(
+        hidden,
+        padding_mask=mask,
+        return_label_scores=True,
+        return_sentence_query=True,
     )
+    assert np.all(_numpy(scores) == ABSENT_LABEL_SCORE)
+    np.testing.assert_allclose(
+        np.linalg.norm(_numpy(query), axis=1), 1.0, rtol=1e-5
+    )
+    readout = EpisodicLabelReadout(5, scale=16.0, margin=0.2)
+    # Trained label 0 points at text 1, label 1 at text 2.
+    readout.build(tuple(query.shape), tuple(scores.shape))
+    weights = np.zeros((5, KEY), "float32")
+    weights[0], weights[1] = _numpy(query)[1], _numpy(query)[2]
+    weights[2:] = np.random.default_rng(0).normal(size=(3, KEY))
+    readout.label_weights.assign(weights)
+    # With no labelled slot the logits are exactly the cosine classifier's.
+    unit = weights / np.linalg.norm(weights, axis=1, keepdims=True)
+    plain = _numpy(readout(query, scores))
+    np.testing.assert_allclose(plain, 16.0 * _numpy(query) @ unit.T, atol=1e-4)
+
     memory.write(hidden[:1], mask[:1], labels=[3])
-    _, scores = memory(hidden, padding_mask=mask, return_label_scores=True)
+    _, scores, query = memory(
+        hidden,
+        padding_mask=mask,
+        return_label_scores=True,
+        return_sentence_query=True,
+    )
     scores = _numpy(scores)
     np.testing.assert_allclose(scores[0, 3], 1.0, rtol=1e-5)
     assert np.all(np.delete(scores, 3, axis=1) == ABSENT_LABEL_SCORE)
-    mixed = _numpy(readout(logits, scores))
-    np.testing.assert_allclose(np.exp(mixed).sum(axis=1), 1.0, rtol=1e-5)
-    assert mixed[0].argmax() == 3  # the written text takes its label
-    assert mixed[1].argmax() == 0  # unrelated texts keep the classifier's
+    logits = _numpy(readout(query, scores))
+    np.testing.assert_allclose(logits[0, 3], 16.0 * 0.8, rtol=1e-5)
+    # The written text takes its label; the others keep their trained one.
+    assert logits.argmax(axis=1).tolist() == [3, 0, 1]
+    check_layer(
+        EpisodicLabelReadout,
+        {"num_labels": 5},
+        {"sentence_query": _numpy(query), "label_scores": scores},
+        expected_output_shape=(3, 5),
+        expected_num_trainable_weights=1,
+        tmp_path=tmp_path,
+    )
 
 
 class _RunningSum(keras.layers.Layer):
@@ -523,7 +563,7 @@ class _Lite:
         }
 
 
-def _explicit_state_model(memory):
+def _explicit_state_model(memory, readout):
     shapes = memory_state.memory_state_shapes(SLOTS, KEY, HIDDEN)
     inputs = {
         "hidden": keras.Input((SEQUENCE, HIDDEN), batch_size=1, name="hidden"),
@@ -539,16 +579,18 @@ def _explicit_state_model(memory):
             batch_shape=shapes[name], dtype=dtype, name=name
         )
     state = {name: inputs[name] for name in memory_state.STATE_FIELDS}
-    outputs, attention, scores, new_state = memory(
+    *outputs, new_state = memory(
         inputs["hidden"],
         padding_mask=inputs["mask"],
         return_attention=True,
         return_label_scores=True,
+        return_sentence_query=True,
         state=state,
         write_mask=inputs["write_mask"],
         write_labels=inputs["write_labels"],
     )
-    named = {"outputs": outputs, "attention": attention, "scores": scores}
+    named = dict(zip(_READ_OUTPUTS, outputs))
+    named["logits"] = readout(named["query"], named["scores"])
     named.update({f"new_{k}": v for k, v in new_state.items()})
     return keras.Model(inputs, named), sorted(named)
 
@@ -558,7 +600,8 @@ def test_tflite_explicit_state_builtins_and_parity(tensorflow_backend):
     built-in operators only (no scatter), and matches the variable form
     after a sequence of writes and reads."""
     memory = _memory()
-    model, output_names = _explicit_state_model(memory)
+    readout = EpisodicLabelReadout(5, name="readout")
+    model, output_names = _explicit_state_model(memory, readout)
     lite = _Lite(_convert(model), output_names)
     names = lite.op_names()
     assert "CUMSUM" in names and "ONE_HOT" in names, names
@@ -567,7 +610,7 @@ def test_tflite_explicit_state_builtins_and_parity(tensorflow_backend):
 
     state = memory.get_state()
     for hidden, mask, write, label in _sequence():
-        expected = _variable_step(memory, hidden, mask, write, label)
+        expected = _variable_step(memory, hidden, mask, write, label, readout)
         result = lite(
             hidden=hidden,
             mask=mask,
@@ -580,9 +623,9 @@ def test_tflite_explicit_state_builtins_and_parity(tensorflow_backend):
         }
         _assert_states_equal(state, memory.get_state())
         if expected is not None:
-            for key, value in zip(["outputs", "attention", "scores"], expected):
+            for key, value in expected.items():
                 np.testing.assert_allclose(
-                    result[key], value, rtol=1e-4, atol=1e-5
+                    result[key], value, rtol=1e-4, atol=1e-4, err_msg=key
                 )
 
 

@@ -1,7 +1,7 @@
 """`AssociativeMemory`: a modern-Hopfield memory (Ramsauer et al. 2020) with
 learned long-term slots and episodic slots written at inference, and
-`EpisodicLabelReadout`, which lets labelled episodic slots vote on a
-classifier's output."""
+`EpisodicLabelReadout`, a cosine classifier head whose labels labelled
+episodic slots can extend without retraining."""
 
 import warnings
 
@@ -121,8 +121,9 @@ class AssociativeMemory(keras.layers.Layer):
         beta: float. Inverse temperature of the Hopfield update, applied to
             cosine similarities. Defaults to `8.0`.
         num_labels: int. When positive, episodic slots may carry labels in
-            `[0, num_labels)` and `return_label_scores` gives each label's
-            best match (for `EpisodicLabelReadout`). Defaults to `0`.
+            `[0, num_labels)` and `return_label_scores` gives each text's
+            similarity to each label (for `EpisodicLabelReadout`).
+            Defaults to `0`.
         track_reads: bool. Whether reads refresh the usage record of the
             slot they recall. Defaults to `True`.
         centering_momentum: float in `[0, 1)`. Momentum of the moving
@@ -149,9 +150,17 @@ class AssociativeMemory(keras.layers.Layer):
             argmax over the episodic columns is the written text the query
             recalls.
         return_label_scores: bool. Also return `(batch, num_labels)`: per
-            label, the highest cosine between the pooled query and an
-            episodic slot with that label, `ABSENT_LABEL_SCORE` where no
-            slot has it. Requires `num_labels > 0`.
+            label, the cosine between the pooled query and the label's
+            prototype, the normalized mean key of the episodic slots with
+            that label (with one slot, its key); `ABSENT_LABEL_SCORE` where
+            no slot has the label. Requires `num_labels > 0`. (The mean
+            rather than the best slot: with more slots per label the best
+            one is closer to any text by chance; measured on Banking77, the
+            mean keeps the readout's margin about the same for 1 to 10
+            examples per label.)
+        return_sentence_query: bool. Also return `(batch, key_size)`: each
+            text's unit-length pooled query, the key it would be written
+            with (the features of `EpisodicLabelReadout`).
         state: optional dict of tensors, the explicit episodic state.
         write_mask: optional `(batch,)` tensor, 1 for the rows to write.
             Only with `state`.
@@ -160,8 +169,8 @@ class AssociativeMemory(keras.layers.Layer):
 
     Returns:
         The updated token stream, shaped like `inputs`; with any of the
-        options, a tuple: the stream, then the attention, then the label
-        scores, then the new state, each only when asked for.
+        options, a tuple: the stream, then the attention, the label scores,
+        the sentence query and the new state, each only when asked for.
 
     Example:
 
@@ -380,10 +389,17 @@ class AssociativeMemory(keras.layers.Layer):
         similarity = ops.matmul(sentence_query, ops.transpose(keys))
         attention = _masked_softmax(self.beta * similarity, valid)
         attention = attention * has_tokens
-        results = {"outputs": outputs, "attention": attention}
+        results = {
+            "outputs": outputs,
+            "attention": attention,
+            "sentence_query": sentence_query,
+        }
         if self.num_labels:
             scores = self._label_scores(
-                similarity[:, m:], state["episodic_labels"], valid_episodic
+                sentence_query,
+                keys[m:],
+                state["episodic_labels"],
+                valid_episodic,
             )
             results["label_scores"] = scores * has_tokens + (
                 ABSENT_LABEL_SCORE * (1.0 - has_tokens)
@@ -400,9 +416,11 @@ class AssociativeMemory(keras.layers.Layer):
         )
         return results, new_state
 
-    def _label_scores(self, similarity, labels, valid_episodic):
+    def _label_scores(self, sentence_query, keys, labels, valid_episodic):
+        """Cosine between each text's query and each label's prototype,
+        the normalized mean key of the valid slots with that label."""
         num_labels = self.num_labels
-        dtype = similarity.dtype
+        dtype = sentence_query.dtype
         labels = ops.cast(labels, "int32")
         labelled = (
             valid_episodic
@@ -412,12 +430,10 @@ class AssociativeMemory(keras.layers.Layer):
         one_hot = ops.one_hot(
             ops.clip(labels, 0, num_labels - 1), num_labels, dtype=dtype
         ) * ops.expand_dims(labelled, -1)
-        per_slot = ops.where(
-            ops.expand_dims(one_hot, 0) > 0,
-            ops.expand_dims(similarity, -1),
-            ABSENT_LABEL_SCORE,
-        )
-        return ops.max(per_slot, axis=1)
+        prototypes = _l2_normalize(ops.matmul(ops.transpose(one_hot), keys))
+        present = ops.max(one_hot, axis=0)
+        scores = ops.matmul(sentence_query, ops.transpose(prototypes))
+        return ops.where(present > 0, scores, ABSENT_LABEL_SCORE)
 
     def _update_state(
         self,
@@ -514,6 +530,7 @@ class AssociativeMemory(keras.layers.Layer):
         training=None,
         return_attention=False,
         return_label_scores=False,
+        return_sentence_query=False,
         state=None,
         write_mask=None,
         write_labels=None,
@@ -552,6 +569,8 @@ class AssociativeMemory(keras.layers.Layer):
             outputs.append(results["attention"])
         if return_label_scores:
             outputs.append(results["label_scores"])
+        if return_sentence_query:
+            outputs.append(results["sentence_query"])
         if explicit:
             outputs.append(new_state)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
@@ -714,6 +733,7 @@ class AssociativeMemory(keras.layers.Layer):
         training=None,
         return_attention=False,
         return_label_scores=False,
+        return_sentence_query=False,
         state=None,
         write_mask=None,
         write_labels=None,
@@ -728,6 +748,8 @@ class AssociativeMemory(keras.layers.Layer):
             outputs.append(
                 keras.KerasTensor((batch, self.num_labels), dtype=dtype)
             )
+        if return_sentence_query:
+            outputs.append(keras.KerasTensor((batch, self.key_size), dtype))
         if state is not None:
             shapes = memory_state.memory_state_shapes(
                 self.num_episodic_slots, self.key_size, inputs.shape[-1]
@@ -773,88 +795,106 @@ class AssociativeMemory(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="neurolite")
 class EpisodicLabelReadout(keras.layers.Layer):
-    """Mixes a classifier's softmax with votes from labelled episodic slots.
+    """Cosine classifier whose labels can be extended by episodic slots.
 
-    For classifying into labels the classifier never saw in training: write
-    a few labelled examples of a new label into an `AssociativeMemory`
-    (built with `num_labels`); a text close to one of them then takes that
-    label, and a text close to none keeps the classifier's prediction.
+    A classification head for a model with an `AssociativeMemory` built
+    with `num_labels`: it classifies the memory's sentence query `q` (the
+    space the memory's keys live in) by its cosine with one learned weight
+    vector per label, and the prototype of a label's episodic slots (the
+    mean of their keys) counts as one more weight vector of that label. A
+    label the model never saw in training (it keeps a row in the head,
+    which training pushes away from every text) is taught by writing a few
+    labelled examples: a text closer to their prototype than to any trained
+    label takes the new label; a text closer to a trained label keeps its
+    prediction. Nothing is retrained, and texts far from every written
+    example are classified exactly as before.
 
-    With `s_l` the label scores of the memory (the best cosine between the
-    text's pooled query and a slot labelled `l`), each present label gets
-    `e_l = exp(label_beta * (s_l - recall_threshold))`, and a "no match"
-    option gets `1`. The votes are `v_l = e_l / (1 + sum e)`, their mass
-    `m = sum v`, and the output is the log of
-    `p(l) = (1 - m) * softmax(logits)(l) + v_l`. `recall_threshold` is the
-    cosine at which a match and "no match" weigh the same; `label_beta`
-    sets how fast the votes take over above it. With no labelled slot the
-    output is exactly `log_softmax(logits)`, so a model trained with an
-    empty memory trains as a plain classifier on these outputs (use them
-    as logits: their softmax is `p`).
+    The logits are `scale * max(cos(q, w_l), s_l - margin)`, where `w_l`
+    is the label's weight and `s_l` the memory's label score (the cosine
+    between `q` and the label's prototype, `ABSENT_LABEL_SCORE` for a label
+    without slots). With no labelled slot they are exactly
+    `scale * cos(q, w_l)`, so training with an empty memory trains a plain
+    cosine classifier. Because trained weights and written keys are
+    compared in the same space and on the same scale, one knob decides the
+    competition: `margin`, by how much a written prototype must be closer
+    than a trained label to win. It trades accuracy on the new labels
+    against accuracy on the trained ones and only matters at inference
+    (`scale` does not change the argmax). Choose it on held-out data: in a
+    small Banking77 run (10 new intents, 1 to 10 examples each) margins of
+    0.15 to 0.2 kept the trained intents within about one point.
 
     Args:
-        label_beta: float. Sharpness of the votes. Defaults to `20.0`.
-        recall_threshold: float in `(-1, 1)`. Cosine of an even match.
-            Defaults to `0.7`.
+        num_labels: int. Number of labels, trained and to be taught.
+        scale: float. Logit scale (inverse temperature) of the cosines.
+            Defaults to `16.0`.
+        margin: float in `[0, 1)`. Defaults to `0.2`.
         **kwargs: base `Layer` arguments.
 
     Call arguments:
-        logits: float tensor `(batch, num_labels)`.
+        sentence_query: float tensor `(batch, key_size)`, from
+            `AssociativeMemory(..., return_sentence_query=True)`.
         label_scores: float tensor `(batch, num_labels)`, from
             `AssociativeMemory(..., return_label_scores=True)`.
 
     Returns:
-        Float tensor `(batch, num_labels)` of log-probabilities.
+        Float tensor `(batch, num_labels)` of logits.
 
     Example:
 
-    >>> readout = EpisodicLabelReadout(label_beta=20.0, recall_threshold=0.7)
-    >>> logits = np.array([[2.0, 0.0, 0.0]], "float32")
-    >>> scores = np.array([[-2.0, -2.0, 0.95]], "float32")  # label 2 matches
-    >>> int(np.argmax(ops.convert_to_numpy(readout(logits, scores))[0]))
+    >>> readout = EpisodicLabelReadout(num_labels=3)
+    >>> query = np.array([[1.0, 0.0]], "float32")
+    >>> scores = np.array([[-2.0, -2.0, 0.99]], "float32")  # slot of label 2
+    >>> logits = ops.convert_to_numpy(readout(query, scores))
+    >>> int(np.argmax(logits[0]))
     2
     """
 
-    def __init__(self, label_beta=20.0, recall_threshold=0.7, **kwargs):
-        label_beta = _check_positive_float("label_beta", label_beta)
+    def __init__(self, num_labels, scale=16.0, margin=0.2, **kwargs):
+        check_positive_int("num_labels", num_labels)
+        scale = _check_positive_float("scale", scale)
         if (
-            isinstance(recall_threshold, bool)
-            or not isinstance(recall_threshold, (int, float))
-            or not -1.0 < recall_threshold < 1.0
+            isinstance(margin, bool)
+            or not isinstance(margin, (int, float))
+            or not 0.0 <= margin < 1.0
         ):
             raise ValueError(
-                "`recall_threshold` must be a number in (-1, 1). "
-                f"Received: recall_threshold={recall_threshold!r}"
+                "`margin` must be a number in [0, 1). "
+                f"Received: margin={margin!r}"
             )
         super().__init__(**kwargs)
-        self.label_beta = label_beta
-        self.recall_threshold = float(recall_threshold)
+        self.num_labels = num_labels
+        self.scale = scale
+        self.margin = float(margin)
 
-    def call(self, logits, label_scores):
-        label_scores = ops.cast(label_scores, logits.dtype)
-        present = ops.cast(label_scores > ABSENT_LABEL_SCORE / 2, logits.dtype)
-        z = self.label_beta * (label_scores - self.recall_threshold)
-        z = ops.where(present > 0, z, _EXCLUDED)
-        top = ops.maximum(ops.max(z, axis=-1, keepdims=True), 0.0)
-        evidence = ops.exp(z - top) * present
-        votes = evidence / (ops.exp(-top) + ops.sum(evidence, -1, True))
-        mass = ops.minimum(ops.sum(votes, axis=-1, keepdims=True), 1 - 1e-6)
-        log_probabilities = ops.log_softmax(logits, axis=-1)
-        mixed = ops.logaddexp(
-            log_probabilities + ops.log1p(-mass), ops.log(votes + 1e-30)
+    def build(self, sentence_query_shape, label_scores_shape=None):
+        if sentence_query_shape[-1] is None:
+            raise ValueError(
+                "EpisodicLabelReadout needs a known query size. Received "
+                f"shape: {sentence_query_shape}"
+            )
+        self.label_weights = self.add_weight(
+            name="label_weights",
+            shape=(self.num_labels, sentence_query_shape[-1]),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
         )
-        any_present = ops.max(present, axis=-1, keepdims=True)
-        return ops.where(any_present > 0, mixed, log_probabilities)
 
-    def compute_output_shape(self, logits_shape, label_scores_shape):
-        return logits_shape
+    def call(self, sentence_query, label_scores):
+        query = _l2_normalize(sentence_query)
+        weights = _l2_normalize(ops.cast(self.label_weights, query.dtype))
+        cosine = ops.matmul(query, ops.transpose(weights))
+        episodic = ops.cast(label_scores, query.dtype) - self.margin
+        return self.scale * ops.maximum(cosine, episodic)
+
+    def compute_output_shape(self, sentence_query_shape, label_scores_shape):
+        return (sentence_query_shape[0], self.num_labels)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "label_beta": self.label_beta,
-                "recall_threshold": self.recall_threshold,
+                "num_labels": self.num_labels,
+                "scale": self.scale,
+                "margin": self.margin,
             }
         )
         return config

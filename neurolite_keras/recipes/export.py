@@ -147,7 +147,7 @@ def quantization_aware_fine_tune(
     per_channel=True,
     distillation=1.0,
     batch_size=32,
-    learning_rate=1e-4,
+    learning_rate=1e-5,
     verbose=0,
 ):
     """Fine-tunes a classifier in place with fake int8 weights.
@@ -170,7 +170,8 @@ def quantization_aware_fine_tune(
         per_channel: bool. Weight scales per output unit or per tensor.
         distillation: float in [0, 1]. Defaults to `1.0`.
         batch_size: int. Defaults to `32`.
-        learning_rate: float. Defaults to `1e-4`.
+        learning_rate: float. Small, so that the model stays close to the
+            float one it starts from. Defaults to `1e-5`.
         verbose: Keras' progress setting. Defaults to `0`.
 
     Returns:
@@ -323,8 +324,8 @@ def convert_model(
 ):
     """Converts a Keras model to TFLite flatbuffer bytes (TensorFlow only).
 
-    The model is traced with batch 1 through `keras.export.ExportArchive`,
-    written as a SavedModel in a temporary folder, and converted with
+    The model is traced with batch 1 in a `tf.function`, written with its
+    variables as a SavedModel in a temporary folder, and converted with
     TFLite built-in operators only (`TFLITE_BUILTINS`, or
     `TFLITE_BUILTINS_INT8` for `"int8"`). Variables become constants.
 
@@ -360,16 +361,23 @@ def convert_model(
         }
     ]
 
+    @tf.function(input_signature=signature)
     def serve(inputs):
         return model(inputs, training=False)
 
+    # A bare module that tracks only the variables: saving the Keras model
+    # itself would also trace every sublayer's default signature.
+    module = tf.Module()
+    module.model_variables = [variable.value for variable in model.variables]
+    module.serve = serve
     with tempfile.TemporaryDirectory(prefix="neurolite-savedmodel-") as folder:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", serve, input_signature=signature)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            archive.write_out(folder, verbose=False)
+            tf.saved_model.save(
+                module,
+                folder,
+                signatures={SIGNATURE_KEY: serve.get_concrete_function()},
+            )
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization != "float32":
@@ -650,7 +658,7 @@ def export_model(
     int8_output=False,
     num_calibration_texts=200,
     qat_batch_size=32,
-    qat_learning_rate=1e-4,
+    qat_learning_rate=1e-5,
     qat_distillation=1.0,
     verbose=0,
 ):
@@ -682,7 +690,7 @@ def export_model(
             Defaults to `False` (float32 logits).
         num_calibration_texts: int. Defaults to `200`.
         qat_batch_size: int. Defaults to `32`.
-        qat_learning_rate: float. Defaults to `1e-4`.
+        qat_learning_rate: float. Defaults to `1e-5`.
         qat_distillation: float in [0, 1]. Weight of the float model's own
             predictions in the QAT targets, the rest going to the labels
             (see `quantization_aware_fine_tune`). Defaults to `1.0`, which

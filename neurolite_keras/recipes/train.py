@@ -15,6 +15,7 @@ import keras
 from neurolite_keras import atomic_io
 from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.evaluation import evaluate_predictor
+from neurolite_keras.layers.routing import ExpertUsageCallback
 from neurolite_keras.models import NeuroLiteForClassification
 
 
@@ -84,6 +85,8 @@ def train_classifier(
             restore_best_weights=True,
         )
     ]
+    if config.use_dynamic_routing:
+        callbacks.append(ExpertUsageCallback())
     start = time.perf_counter()
     history = model.fit(
         data.train.texts, data.train.labels, batch_size=batch_size,
