@@ -249,6 +249,13 @@ def main(argv=None):
     )
     (result,) = model.explain([query], top_k=1)
     show(result)
+    # Labelled slots vote for every query they are recalled by, so check
+    # what the writes did to a sentence about something else.
+    other = sentences[0]
+    (top,) = model.classify([other], top_k=1)
+    print(
+        f"  an unrelated sentence now: {other!r} -> {top[0][0]} {top[0][1]:.2f}"
+    )
 
     os.makedirs(args.output, exist_ok=True)
     state_path = os.path.join(args.output, "memory.npz")

@@ -60,7 +60,50 @@ def build_parser():
     predict.add_argument("texts", nargs="+", help="texts to classify")
     predict.add_argument("--top-k", type=int, default=1)
 
+    export = commands.add_parser("export", help="convert to TFLite")
+    export.add_argument("model", help="a .keras classifier")
+    export.add_argument("--quantization", default="int8",
+                        choices=("float32", "float16", "dynamic", "int8"))
+    export.add_argument("--qat-epochs", type=int, default=0,
+                        help="quantization-aware fine-tuning epochs before "
+                        "an int8 export (0: post-training calibration)")
+    export.add_argument("--per-tensor", action="store_true",
+                        help="per-tensor weight scales (Android NNAPI)")
+    export.add_argument("--output", help="the .tflite file (default: "
+                        "beside the model)")
+    _add_data_arguments(export)
+
     return parser
+
+
+def _export(args):
+    from neurolite_keras.recipes.export import ExportError
+    from neurolite_keras.recipes.export import export_model
+
+    train_texts = train_labels = dev_texts = dev_labels = None
+    if args.dataset or args.train_file:
+        data = _load_data(args, for_training=True)
+        train_texts, train_labels = data.train.texts, data.train.labels
+        dev_texts, dev_labels = data.dev.texts, data.dev.labels
+    elif args.qat_epochs or args.quantization == "int8":
+        raise ValueError(
+            "int8 export needs real sentences for calibration or QAT: pass "
+            "--dataset or --train-file."
+        )
+    try:
+        result = export_model(
+            args.model, args.output, quantization=args.quantization,
+            qat_epochs=args.qat_epochs, calibration_texts=train_texts,
+            train_texts=train_texts, train_labels=train_labels,
+            validation_texts=dev_texts, validation_labels=dev_labels,
+            per_channel=not args.per_tensor, verbose="auto",
+        )
+    except ExportError as error:
+        raise ValueError(str(error)) from None
+    print(f"wrote {result.tflite_path} ({result.size_bytes:,} bytes, "
+          f"{result.quantization}) and {result.sidecar_path}")
+    if result.parity:
+        print(f"parity on the dev split: {json.dumps(result.parity)}")
 
 
 def _load_data(args, for_training):
@@ -161,7 +204,8 @@ def _predict(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict,
+                "export": _export}
     try:
         handlers[args.command](args)
     except (ValueError, OSError) as error:

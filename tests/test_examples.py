@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,32 @@ def test_classification_example_quick(tmp_path, data_dir):
     # Each new sentence gets its two best labels.
     assert out.count("    -> ") == 4
     assert "reloaded model gives the same probabilities: True" in out
+    assert (tmp_path / "model.keras").is_file()
+
+
+def test_memory_and_routing_example_quick(tmp_path, data_dir):
+    out = run_script(
+        EXAMPLES / "memory_and_routing_example.py",
+        "--quick",
+        "--output",
+        tmp_path,
+    )
+    # The seed example: three writes, then a question recalls them.
+    assert out.count("  wrote: ") == 3
+    assert len(re.findall(r"recalls slot \d with weight 0\.\d+", out)) == 3
+    # Experts' shares and the rules that fired, per prediction.
+    assert "experts' share of training tokens in the last epoch" in out
+    assert "rules fired: sport (support sports, matched match/football)" in out
+    # A rule added after training raises its label's probability.
+    before, after = map(
+        float,
+        re.search(
+            r"rule 'cinema' added: .* ([\d.]+) -> ([\d.]+)", out
+        ).groups(),
+    )
+    assert after > before
+    assert "predicts the same: True" in out
+    assert (tmp_path / "memory.npz").is_file()
     assert (tmp_path / "model.keras").is_file()
 
 
