@@ -18,8 +18,9 @@ Where the model comes from:
   commands for modules it lacks say so);
 - by default: a quick model of `--size`, trained at start-up on
   `--train-sentences` French and English SIB-200 sentences for
-  `--train-epochs` epochs (about a minute for tiny on two CPU cores; the
-  accuracy of a quick run, not of the full recipe). `--save PATH` keeps it;
+  `--train-epochs` epochs (a few minutes for tiny on two CPU cores, most
+  of it compiling the first training step; the accuracy of a quick run,
+  not of the full recipe). `--save PATH` keeps the model for next time;
 - `--untrained`: random weights, no training; its labels mean nothing and
   the demo says so. Rules and memory still act on the predictions.
 
@@ -44,151 +45,35 @@ LABELS = (
     "geography",
 )
 # A small rule set written from the label names and a few keywords in
-# French and English: evidence the model fuses with what it learned.
+# French and English: evidence the model fuses with what it learned. A
+# keyword ending in `*` matches any word it starts.
+KEYWORDS = {
+    "sports": "match football tennis championnat championship équipe team "
+    "goal olympi* joueur* player*",
+    "politics": "élection* election* parlement parliament président "
+    "president gouvernement government ministre minister vote*",
+    "health": "santé health vaccin* hôpital hospital malad* disease* "
+    "patient* médecin* doctor*",
+    "science/technology": "scientifique* scientist* recherche research "
+    "ordinateur* computer* technolog* espace space physique physics",
+    "travel": "voyage* travel* touris* hôtel hotel flight visiter visit* "
+    "passeport passport",
+    "entertainment": "film* movie* musique music concert* festival acteur* "
+    "actor* chanson* song*",
+    "geography": "montagne* mountain* rivière* river* océan* ocean* "
+    "continent* île* island* climat climate",
+}
 RULES = {
     "labels": list(LABELS),
-    "negation": {
-        "cues": ["not", "no", "never", "pas", "jamais", "ni"],
-        "scope": 3,
-    },
+    "negation": {"cues": "not no never pas jamais ni".split(), "scope": 3},
     "rules": [
         {
-            "name": "sports_words",
-            "label": "sports",
-            "weight": 0.6,
-            "when": {
-                "any_keywords": [
-                    "match",
-                    "football",
-                    "tennis",
-                    "championnat",
-                    "championship",
-                    "équipe",
-                    "team",
-                    "goal",
-                    "olympi*",
-                    "joueur*",
-                    "player*",
-                ]
-            },
-        },
-        {
-            "name": "politics_words",
-            "label": "politics",
-            "weight": 0.6,
-            "when": {
-                "any_keywords": [
-                    "élection*",
-                    "election*",
-                    "parlement",
-                    "parliament",
-                    "président",
-                    "president",
-                    "gouvernement",
-                    "government",
-                    "ministre",
-                    "minister",
-                    "vote*",
-                ]
-            },
-        },
-        {
-            "name": "health_words",
-            "label": "health",
-            "weight": 0.6,
-            "when": {
-                "any_keywords": [
-                    "santé",
-                    "health",
-                    "vaccin*",
-                    "hôpital",
-                    "hospital",
-                    "malad*",
-                    "disease*",
-                    "patient*",
-                    "médecin*",
-                    "doctor*",
-                ]
-            },
-        },
-        {
-            "name": "science_words",
-            "label": "science/technology",
-            "weight": 0.5,
-            "when": {
-                "any_keywords": [
-                    "scientifique*",
-                    "scientist*",
-                    "recherche",
-                    "research",
-                    "ordinateur*",
-                    "computer*",
-                    "technolog*",
-                    "espace",
-                    "space",
-                    "physique",
-                    "physics",
-                ]
-            },
-        },
-        {
-            "name": "travel_words",
-            "label": "travel",
-            "weight": 0.5,
-            "when": {
-                "any_keywords": [
-                    "voyage*",
-                    "travel*",
-                    "touris*",
-                    "hôtel",
-                    "hotel",
-                    "flight",
-                    "visiter",
-                    "visit*",
-                    "passeport",
-                    "passport",
-                ]
-            },
-        },
-        {
-            "name": "entertainment_words",
-            "label": "entertainment",
-            "weight": 0.5,
-            "when": {
-                "any_keywords": [
-                    "film*",
-                    "movie*",
-                    "musique",
-                    "music",
-                    "concert*",
-                    "festival",
-                    "acteur*",
-                    "actor*",
-                    "chanson*",
-                    "song*",
-                ]
-            },
-        },
-        {
-            "name": "geography_words",
-            "label": "geography",
-            "weight": 0.5,
-            "when": {
-                "any_keywords": [
-                    "montagne*",
-                    "mountain*",
-                    "rivière*",
-                    "river*",
-                    "océan*",
-                    "ocean*",
-                    "continent*",
-                    "île*",
-                    "island*",
-                    "climat",
-                    "climate",
-                ]
-            },
-        },
+            "name": label.split("/")[0] + "_words",
+            "label": label,
+            "weight": 0.6 if label in ("sports", "politics", "health") else 0.5,
+            "when": {"any_keywords": words.split()},
+        }
+        for label, words in KEYWORDS.items()
     ],
 }
 HELP = """commands:
@@ -231,7 +116,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--train-sentences",
         type=int,
-        default=1400,
+        default=700,
         help="SIB-200 sentences for the quick model (default: %(default)s)",
     )
     parser.add_argument(
@@ -511,7 +396,8 @@ def main(argv=None):
 
     import keras
 
-    from neurolite_keras import NeuroLiteForClassification, load_model
+    from neurolite_keras import NeuroLiteForClassification
+    from neurolite_keras import load_model
 
     if args.model:
         model = load_model(args.model)

@@ -28,6 +28,9 @@ What is simulated, and how it matches the converter:
 - Embedding tables (`HashProjection`, `keras.layers.Embedding`): int8 over
   the table's [min, max] with a zero point, one scale per table, as
   TFLite quantizes the constant input of `GATHER`.
+- Any other trainable weight of two or more dimensions (raw kernels of a
+  layer that multiplies by its own weights): symmetric, one scale per
+  tensor.
 - Outputs: a `FakeQuant` layer with a learned [min, max] on each float
   output, so the loss sees the int8 rounding of the logits.
 
@@ -131,14 +134,12 @@ class QuantizedWeight:
 
     Attributes:
         path: str. The variable's path, such as
-            `"backbone/mixer_0/token_dense_in/kernel"`.
-        layer: str. Class name of the layer that owns it.
+            `"mixer_0/token_dense_in/kernel"`.
         scheme: str. One of `WEIGHT_SCHEMES`.
         variable: the `keras.Variable`.
     """
 
     path: str
-    layer: str
     scheme: str
     variable: object = dataclasses.field(compare=False, repr=False)
 
@@ -152,17 +153,24 @@ def _sublayers(model):
 def quantizable_weights(model, per_channel=True):
     """The weights QAT fake-quantizes in `model`, nested layers included.
 
-    Every `keras.layers.Dense` kernel (with the symmetric scheme
-    `per_channel` selects) and every embedding table of `HashProjection`
-    or `keras.layers.Embedding` (asymmetric). Other layers with a kernel
-    are reported by a warning: they stay float during QAT and are
-    quantized post-training.
+    - every `keras.layers.Dense` kernel, with the symmetric scheme
+      `per_channel` selects (as TFLite quantizes `FULLY_CONNECTED`);
+    - every embedding table of `HashProjection` or
+      `keras.layers.Embedding`, asymmetric (as TFLite quantizes a `GATHER`
+      table);
+    - every other trainable float weight with two or more dimensions (the
+      raw kernels of a mixture of experts, memory slots...), symmetric per
+      tensor: the coarser grid, so the weights also suit a per-channel
+      conversion.
+
+    Biases and normalization scales (one dimension) stay float; TFLite
+    keeps biases in int32 at the scale of their products.
 
     Raises:
         ValueError: on a `Dense` that uses LoRA or Keras' own quantization,
             whose kernel is not a plain variable.
     """
-    found, seen, skipped = [], set(), []
+    schemes = {}
     kernel_scheme = "per_channel" if per_channel else "per_tensor"
     for layer in _sublayers(model):
         if isinstance(layer, keras.layers.Dense):
@@ -172,27 +180,18 @@ def quantizable_weights(model, per_channel=True):
                     "Keras or uses LoRA; quantization-aware training needs "
                     "a plain float kernel. Merge or remove that first."
                 )
-            variable, scheme = layer.kernel, kernel_scheme
+            schemes.setdefault(id(layer.kernel), (layer.kernel, kernel_scheme))
         elif isinstance(layer, (HashProjection, keras.layers.Embedding)):
-            variable, scheme = layer.embeddings, "asymmetric"
-        else:
-            if getattr(layer, "kernel", None) is not None:
-                skipped.append(f"{layer.name} ({type(layer).__name__})")
-            continue
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            found.append(
-                QuantizedWeight(
-                    variable.path, type(layer).__name__, scheme, variable
-                )
-            )
-    if skipped:
-        warnings.warn(
-            "Quantization-aware training leaves these kernels float (they "
-            f"are quantized post-training): {', '.join(skipped)}.",
-            stacklevel=2,
-        )
-    return found
+            table = layer.embeddings
+            schemes.setdefault(id(table), (table, "asymmetric"))
+    for variable in model.trainable_weights:
+        floating = "float" in str(variable.dtype)
+        if floating and len(variable.shape) >= 2:
+            schemes.setdefault(id(variable), (variable, "per_tensor"))
+    return [
+        QuantizedWeight(variable.path, scheme, variable)
+        for variable, scheme in schemes.values()
+    ]
 
 
 @keras.saving.register_keras_serializable(package="neurolite")

@@ -841,11 +841,15 @@ class EpisodicLabelReadout(keras.layers.Layer):
 
     Example:
 
-    >>> readout = EpisodicLabelReadout(num_labels=3)
-    >>> query = np.array([[1.0, 0.0]], "float32")
-    >>> scores = np.array([[-2.0, -2.0, 0.99]], "float32")  # slot of label 2
-    >>> logits = ops.convert_to_numpy(readout(query, scores))
-    >>> int(np.argmax(logits[0]))
+    >>> readout = EpisodicLabelReadout(num_labels=3, margin=0.2)
+    >>> readout.build((None, 2))
+    >>> _ = readout.label_weights.assign(np.array([[1, 0], [0, 1], [-1, 0]]))
+    >>> query = np.array([[0.6, -0.8]], "float32")  # cosines 0.6, -0.8, -0.6
+    >>> empty = np.full((1, 3), -2.0, "float32")  # no labelled slot
+    >>> int(np.argmax(ops.convert_to_numpy(readout(query, empty))[0]))
+    0
+    >>> taught = np.array([[-2.0, -2.0, 0.95]], "float32")  # label 2's slots
+    >>> int(np.argmax(ops.convert_to_numpy(readout(query, taught))[0]))
     2
     """
 
