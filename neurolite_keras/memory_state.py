@@ -13,6 +13,8 @@ value width `D`):
 | `episodic_step` | `(1,)` | int32 | the memory's step counter |
 
 A slot is valid (readable) exactly when its `episodic_last_used` is `>= 0`.
+The layer's trained weights, its query center among them, are not part of
+the state: a state is only meaningful for the model that wrote it.
 The same arrays are the layer's non-trainable weights, so they also travel
 inside a `.keras` file, and they are the explicit state tensors of an
 exported TFLite model.

@@ -80,9 +80,8 @@ class AssociativeMemory(keras.layers.Layer):
     later text about the same content has a pooled query close to that key,
     and its tokens read that slot's value. `c` is a moving average of the
     texts' queries `W_q p` during training (frozen otherwise, like a batch
-    normalization mean): without it every query shares a large common
-    component and all cosines crowd near 1, so that neither `beta` nor a
-    recall threshold can tell a match from a non-match.
+    normalization mean); removing it makes a cosine measure what two texts
+    share beyond what every text shares.
 
     Replacement policy (least recently used): every slot records the step of
     its last use (`episodic_last_used`, `-1` for an empty slot). A write
