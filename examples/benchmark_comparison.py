@@ -1,6 +1,6 @@
 """NeuroLite against BERT-shaped Transformers, at small settings.
 
-Run (from the repository root; about two minutes on two CPU cores):
+Run (from the repository root):
 
     python examples/benchmark_comparison.py
 

@@ -4,8 +4,8 @@ and reload it.
 
 Run (from the repository root, any backend):
 
-    python examples/classification_example.py            # ~2-5 min on CPU
-    python examples/classification_example.py --quick    # ~30 s, 1 epoch
+    python examples/classification_example.py            # 15 epochs
+    python examples/classification_example.py --quick    # 1 epoch
     KERAS_BACKEND=torch python examples/classification_example.py \\
         --dataset snips
 

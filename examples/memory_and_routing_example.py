@@ -2,8 +2,8 @@
 
 Run (from the repository root, any backend):
 
-    python examples/memory_and_routing_example.py           # ~2-4 min
-    python examples/memory_and_routing_example.py --quick   # ~1 min
+    python examples/memory_and_routing_example.py           # 10 epochs
+    python examples/memory_and_routing_example.py --quick   # 1 epoch
 
 1. The original description's memory example on the backbone: texts written
    with `model(input_texts=[...], update_memory=True)`, and which of them a

@@ -1,7 +1,7 @@
 """The simple example of the original description: texts in, one vector
 per text out.
 
-Run (a few seconds on a CPU, any backend):
+Run (any backend; most of the time goes into importing Keras):
 
     python examples/simple_example.py
     KERAS_BACKEND=jax python examples/simple_example.py "Une autre phrase."

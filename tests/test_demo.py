@@ -31,7 +31,7 @@ This line comes after /quit and must be ignored.
 """
 
 
-def run_demo(*args, stdin="", timeout=600):
+def run_demo(*args, stdin="", timeout=1800):
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", keras.backend.backend())
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,7 +62,10 @@ def _block(lines, start):
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory, data_dir):
+def session(tmp_path_factory):
+    data = pathlib.Path(os.environ["NEUROLITE_DATA_DIR"])
+    if not (data / "sib200").is_dir():
+        pytest.skip(f"data sets not found under {data}")
     saved = tmp_path_factory.mktemp("demo") / "demo.keras"
     completed = run_demo(
         "--size",

@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
-def run_script(path, *args, timeout=600, cwd=REPO):
+def run_script(path, *args, timeout=1800, cwd=REPO):
     """Runs a script with the current interpreter and backend; returns its
     standard output, or fails with the end of its standard error."""
     env = dict(os.environ)

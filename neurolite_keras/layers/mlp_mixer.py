@@ -45,7 +45,7 @@ class MlpMixerBlock(keras.layers.Layer):
     Example:
 
     >>> block = MlpMixerBlock(16, token_mixing_size=8, channel_mixing_size=32)
-    >>> block(np.ones((2, 16, 4)), padding_mask=np.ones((2, 16))).shape
+    >>> tuple(block(np.ones((2, 16, 4)), padding_mask=np.ones((2, 16))).shape)
     (2, 16, 4)
     """
 

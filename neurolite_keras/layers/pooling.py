@@ -22,7 +22,7 @@ class MaskedMeanPooling(keras.layers.Layer):
 
     >>> pooled = MaskedMeanPooling()(
     ...     np.ones((1, 3, 2)), padding_mask=np.array([[1, 1, 0]]))
-    >>> pooled.shape
+    >>> tuple(pooled.shape)
     (1, 2)
     """
 

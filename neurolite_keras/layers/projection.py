@@ -39,7 +39,7 @@ class HashProjection(keras.layers.Layer):
     Example:
 
     >>> layer = HashProjection(num_buckets=64, output_dim=8)
-    >>> layer(np.zeros((2, 5, 4), "int32")).shape
+    >>> tuple(layer(np.zeros((2, 5, 4), "int32")).shape)
     (2, 5, 8)
     """
 
