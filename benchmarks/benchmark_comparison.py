@@ -4,7 +4,7 @@ on a CPU, in Keras and in TFLite.
 Run (from the repository root; about 20 to 30 minutes on two shared CPU
 cores, most of it converting and timing BERT-base):
 
-    python benchmarks/benchmark_comparison.py --output-dir results/comparison
+    python benchmarks/benchmark_comparison.py --output-dir benchmarks/results/comparison
 
 Small settings, well under a minute (what the test suite runs):
 
@@ -234,7 +234,7 @@ def build_parser():
     parser.add_argument(
         "--output-dir",
         type=Path,
-        default=Path("results/comparison"),
+        default=Path("benchmarks/results/comparison"),
         help="folder for benchmark_comparison.{md,json,png}",
     )
     parser.add_argument(

@@ -5,7 +5,7 @@ Run (about 10 minutes on two CPU cores for the three presets and four
 modes):
 
     KERAS_BACKEND=tensorflow python benchmarks/export_size_latency.py \
-        --data-dir ../shared/data --output-dir results/export
+        --data-dir ../shared/data --output-dir benchmarks/results/export
 
 What is measured, in one run:
 
@@ -252,7 +252,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--num-calibration-texts", type=int, default=100)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--output-dir", default="results/export")
+    parser.add_argument("--output-dir", default="benchmarks/results/export")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -168,7 +168,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--output-dir",
         type=Path,
-        default=Path("benchmarks/results"),
+        default=Path("benchmarks/results/mixers"),
         help="folder for mixer_scaling.{md,json,png}",
     )
     parser.add_argument(

@@ -3,7 +3,7 @@
 Run (about an hour on two CPU cores for the three presets):
 
     KERAS_BACKEND=tensorflow python benchmarks/sib200_accuracy.py \
-        --data-dir ../shared/data --output-dir results/sib200
+        --data-dir ../shared/data --output-dir benchmarks/results/sib200
 
 In one run, on the 14 languages' test sets (mean over languages and
 French): TF-IDF over character and word n-grams with a linear SVM
@@ -35,8 +35,9 @@ def per_language_accuracy(predicted, split):
     truth = np.asarray(split.labels)
     languages = np.asarray(split.languages)
     result = {
-        lang: float(np.mean(predicted[languages == lang]
-                            == truth[languages == lang]))
+        lang: float(
+            np.mean(predicted[languages == lang] == truth[languages == lang])
+        )
         for lang in dict.fromkeys(split.languages)
     }
     return {
@@ -48,14 +49,20 @@ def per_language_accuracy(predicted, split):
 
 def tfidf_svm(data):
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.pipeline import make_pipeline
+    from sklearn.pipeline import make_union
     from sklearn.svm import LinearSVC
 
     features = make_union(
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4),
-                        sublinear_tf=True, min_df=2),
-        TfidfVectorizer(analyzer="word", ngram_range=(1, 2),
-                        sublinear_tf=True, token_pattern=r"(?u)\b\w+\b"),
+        TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=2
+        ),
+        TfidfVectorizer(
+            analyzer="word",
+            ngram_range=(1, 2),
+            sublinear_tf=True,
+            token_pattern=r"(?u)\b\w+\b",
+        ),
     )
     model = make_pipeline(features, LinearSVC(C=0.5))
     start = time.perf_counter()
@@ -84,8 +91,10 @@ def fasttext_style(data, epochs=15, buckets=1 << 17, dim=32, seed=0):
     def encode(texts, length=256):
         ids = np.zeros((len(texts), length), "int32")
         for row, text in enumerate(texts):
-            hashed = [1 + mmh3.hash(g, 7, signed=False) % (buckets - 1)
-                      for g in grams(text)][:length]
+            hashed = [
+                1 + mmh3.hash(g, 7, signed=False) % (buckets - 1)
+                for g in grams(text)
+            ][:length]
             ids[row, : len(hashed)] = hashed
         return ids
 
@@ -106,27 +115,48 @@ def fasttext_style(data, epochs=15, buckets=1 << 17, dim=32, seed=0):
     y_dev = np.array([index[label] for label in data.dev.labels])
     start = time.perf_counter()
     model.fit(
-        encode(data.train.texts), y, batch_size=64, epochs=epochs,
-        validation_data=(encode(data.dev.texts), y_dev), verbose=0,
-        callbacks=[keras.callbacks.EarlyStopping(
-            "val_accuracy", patience=5, mode="max",
-            restore_best_weights=True)],
+        encode(data.train.texts),
+        y,
+        batch_size=64,
+        epochs=epochs,
+        validation_data=(encode(data.dev.texts), y_dev),
+        verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                "val_accuracy",
+                patience=5,
+                mode="max",
+                restore_best_weights=True,
+            )
+        ],
     )
     seconds = time.perf_counter() - start
-    predicted = np.argmax(model.predict(encode(data.test.texts), verbose=0),
-                          axis=1)
+    predicted = np.argmax(
+        model.predict(encode(data.test.texts), verbose=0), axis=1
+    )
     result = per_language_accuracy([labels[i] for i in predicted], data.test)
     result["train_seconds"] = round(seconds, 1)
     return result
 
 
-def neurolite(data, preset, epochs, batch_size):
+def neurolite(data, preset, epochs, batch_size, mixer=None):
     from neurolite_keras.recipes.train import train_classifier
 
+    config = NeuroLiteConfig.preset(preset)
+    if mixer:
+        config.mixer_type = mixer
     _, metrics = train_classifier(
-        data, NeuroLiteConfig.preset(preset), epochs=epochs,
-        batch_size=batch_size, verbose=2,
+        data,
+        config,
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=2,
     )
+    return summarize_run(metrics)
+
+
+def summarize_run(metrics):
+    """The figures of a `train_classifier` / `neurolite train` run."""
     return {
         "test_accuracy": metrics["test_accuracy"],
         "french": metrics["per_language"]["fra_Latn"],
@@ -137,7 +167,24 @@ def neurolite(data, preset, epochs, batch_size):
         "best_epoch": metrics["best_epoch"],
         "num_parameters": metrics["num_parameters"],
         "backend": metrics["backend"],
+        "mixer": metrics["config"]["mixer_type"],
     }
+
+
+def model_name(preset, mixer):
+    if preset in ("tiny", "small", "base") and not mixer:
+        mixer = NeuroLiteConfig.preset(preset).mixer_type
+    return f"NeuroLite-{preset} ({mixer})"
+
+
+def preset_of(config):
+    """The preset whose sizes `config` (a dict) has, or `"custom"`."""
+    sizes = ("hidden_size", "num_mixer_layers", "bloom_filter_size")
+    for preset in ("tiny", "small", "base"):
+        reference = NeuroLiteConfig.preset(preset).get_config()
+        if all(config[k] == reference[k] for k in sizes):
+            return preset
+    return "custom"
 
 
 def featurizer_throughput(texts, repeats=3):
@@ -151,36 +198,56 @@ def featurizer_throughput(texts, repeats=3):
         start = time.perf_counter()
         featurizer(texts)
         warm.append(len(texts) / (time.perf_counter() - start))
-    return {"cold_cache": round(statistics.median(cold)),
-            "warm_cache": round(statistics.median(warm))}
+    return {
+        "cold_cache": round(statistics.median(cold)),
+        "warm_cache": round(statistics.median(warm)),
+    }
 
 
+# Times `steps` training steps of the tiny preset after one untimed pass
+# (which compiles), then scales the median step to a full epoch.
 _EPOCH_SCRIPT = """
-import json, sys, time
+import json, statistics, sys, time
 import keras
 from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.datasets import load_sib200
 from neurolite_keras.models import NeuroLiteForClassification
 data = load_sib200(sys.argv[1])
+steps, batch = int(sys.argv[2]), 64
+texts = data.train.texts[: steps * batch]
+labels = data.train.labels[: steps * batch]
 model = NeuroLiteForClassification(NeuroLiteConfig.tiny(),
                                    label_names=data.label_names)
 model.compile()
-times = []
-for _ in range(2):
-    start = time.perf_counter()
-    model.fit(data.train.texts, data.train.labels, batch_size=64, epochs=1,
-              verbose=0)
-    times.append(time.perf_counter() - start)
-print(json.dumps({"first_epoch": times[0], "second_epoch": times[1]}))
+start = time.perf_counter()
+model.fit(texts[:batch], labels[:batch], batch_size=batch, verbose=0)
+compile_seconds = time.perf_counter() - start
+class Steps(keras.callbacks.Callback):
+    times = []
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+model.fit(texts, labels, batch_size=batch, verbose=0, callbacks=[Steps()])
+step = statistics.median(Steps.times)
+epoch_steps = -(-len(data.train) // batch)
+print(json.dumps({"median_step_seconds": step, "timed_steps": steps,
+                  "epoch_seconds": step * epoch_steps,
+                  "first_step_seconds": compile_seconds}))
 """
 
 
-def epoch_seconds(backend, data_dir):
-    """Seconds per tiny training epoch under `backend`, in a subprocess."""
+def epoch_seconds(backend, data_dir, steps=30):
+    """Seconds per tiny training epoch under `backend`, in a subprocess:
+    the median of `steps` timed steps (after a compiling one) times the
+    number of steps in an epoch."""
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
-        [sys.executable, "-c", _EPOCH_SCRIPT, data_dir], env=env,
-        capture_output=True, text=True, timeout=3600,
+        [sys.executable, "-c", _EPOCH_SCRIPT, data_dir, str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     if result.returncode:
         return {"error": result.stderr.strip().splitlines()[-1]}
@@ -190,15 +257,21 @@ def epoch_seconds(backend, data_dir):
 def markdown(results):
     rows = [
         "| model | parameters | SIB-200 mean (14 langs) | French | "
-        "train seconds |",
-        "|---|---|---|---|---|",
+        "train seconds | epochs (best) | backend |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results["models"].items():
         params = r.get("num_parameters")
+        epochs = (
+            f"{r['epochs_run']} ({r['best_epoch']})"
+            if "epochs_run" in r
+            else "-"
+        )
         rows.append(
             f"| {name} | {f'{params:,}' if params else '-'} | "
             f"{r['test_accuracy']:.3f} | {r['french']:.3f} | "
-            f"{r['train_seconds']:.0f} |"
+            f"{r['train_seconds']:.0f} | {epochs} | "
+            f"{r.get('backend', '-')} |"
         )
     lines = rows + [""]
     throughput = results.get("featurizer_sentences_per_second")
@@ -213,24 +286,39 @@ def markdown(results):
         else:
             lines.append(
                 f"- tiny, one SIB-200 epoch (9,814 sentences, batch 64) on "
-                f"{backend}: {timing['second_epoch']:.0f} s "
-                f"(first epoch, with compilation: "
-                f"{timing['first_epoch']:.0f} s)"
+                f"{backend}: {timing['epoch_seconds']:.0f} s (median step "
+                f"{timing['median_step_seconds'] * 1000:.0f} ms over "
+                f"{timing['timed_steps']} steps; first, compiling step "
+                f"{timing['first_step_seconds']:.1f} s)"
             )
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get(
-        "NEUROLITE_DATA_DIR"))
-    parser.add_argument("--output-dir", default="results/sib200")
-    parser.add_argument("--presets", default="tiny,small,base")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("NEUROLITE_DATA_DIR")
+    )
+    parser.add_argument("--output-dir", default="benchmarks/results/sib200")
+    parser.add_argument(
+        "--models",
+        default="tiny,small,base",
+        help="presets to train, each optionally with a mixer: "
+        "tiny,tiny:hypermixer,tiny:fnet,small,base",
+    )
+    parser.add_argument(
+        "--from-runs",
+        default="",
+        help="folders written by `neurolite train --dataset sib200`, "
+        "comma separated, whose metrics.json to report instead of training "
+        "again (preset and mixer are read from the run's config)",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--baselines", default="tfidf_svm,fasttext")
-    parser.add_argument("--epoch-timing-backends", default="",
-                        help="e.g. tensorflow,jax,torch")
+    parser.add_argument(
+        "--epoch-timing-backends", default="", help="e.g. tensorflow,jax,torch"
+    )
     args = parser.parse_args()
 
     data = load_sib200(args.data_dir)
@@ -244,9 +332,10 @@ def main():
         atomic_io.write_json(path, results)
         atomic_io.write_text(path[:-5] + ".md", markdown(results))
 
-    runners = {"tfidf_svm": ("TF-IDF char+word n-grams + linear SVM",
-                             tfidf_svm),
-               "fasttext": ("fastText-style hashed n-grams", fasttext_style)}
+    runners = {
+        "tfidf_svm": ("TF-IDF char+word n-grams + linear SVM", tfidf_svm),
+        "fasttext": ("fastText-style hashed n-grams", fasttext_style),
+    }
     for key in filter(None, args.baselines.split(",")):
         name, run = runners[key]
         results["models"][name] = run(data)
@@ -254,10 +343,22 @@ def main():
         save()
     throughput = featurizer_throughput(data.train.texts)
     results["featurizer_sentences_per_second"] = throughput
-    for preset in filter(None, args.presets.split(",")):
-        name = f"NeuroLite-{preset}"
-        results["models"][name] = neurolite(data, preset, args.epochs,
-                                            args.batch_size)
+    for folder in filter(None, args.from_runs.split(",")):
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        if metrics.get("dataset") != "sib200":
+            parser.error(f"{folder} is not a SIB-200 run")
+        summary = summarize_run(metrics)
+        preset = preset_of(metrics["config"])
+        summary["source"] = f"neurolite train run in {folder}"
+        results["models"][model_name(preset, summary["mixer"])] = summary
+        save()
+    for entry in filter(None, args.models.split(",")):
+        preset, _, mixer = entry.partition(":")
+        name = model_name(preset, mixer)
+        results["models"][name] = neurolite(
+            data, preset, args.epochs, args.batch_size, mixer or None
+        )
         print(name, results["models"][name]["test_accuracy"])
         save()
     timings = {}

@@ -1,8 +1,8 @@
 """Copies the benchmark scripts' markdown tables into README.md.
 
-    python benchmarks/update_readme.py [--results results]
+    python benchmarks/update_readme.py [--results benchmarks/results]
 
-Every `results/<name>/*.md` written by a benchmark script goes between the
+Every `benchmarks/results/<name>/*.md` written by a benchmark script goes between the
 README's `<!-- results:start -->` and `<!-- results:end -->` markers, so the
 figures there are the scripts' output, never typed by hand.
 """
@@ -17,7 +17,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--results", default="results")
+    parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--readme", default="README.md")
     args = parser.parse_args()
     sections = []

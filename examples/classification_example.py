@@ -23,13 +23,12 @@ import time
 import keras
 import numpy as np
 
-from neurolite_keras import (
-    NeuroLiteConfig,
-    NeuroLiteForClassification,
-    load_model,
-)
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
+from neurolite_keras import load_model
 from neurolite_keras.atomic_io import save_model
-from neurolite_keras.datasets import load_sib200, load_snips
+from neurolite_keras.datasets import load_sib200
+from neurolite_keras.datasets import load_snips
 
 NEW_SENTENCES = {
     "sib200": [

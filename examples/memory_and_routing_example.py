@@ -28,12 +28,10 @@ import os
 import keras
 import numpy as np
 
-from neurolite_keras import (
-    NeuroLiteConfig,
-    NeuroLiteForClassification,
-    NeuroLiteModel,
-    load_model,
-)
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
+from neurolite_keras import NeuroLiteModel
+from neurolite_keras import load_model
 from neurolite_keras.atomic_io import save_model
 from neurolite_keras.datasets import load_sib200
 from neurolite_keras.layers.routing import ExpertUsageCallback

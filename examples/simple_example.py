@@ -18,7 +18,8 @@ import argparse
 import keras
 import numpy as np
 
-from neurolite_keras import NeuroLiteConfig, NeuroLiteModel
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteModel
 
 DEFAULT_TEXTS = [
     "NeuroLite est une architecture légère d'IA.",

@@ -7,6 +7,18 @@ import os
 import tempfile
 
 
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# `mkstemp` creates files only their owner can read; a finished file gets
+# the mode any new file gets under the umask (read once, at import: setting
+# it to read it is not thread-safe).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
     """Yields a temporary path beside `path`; moves it onto `path` on success.
@@ -30,6 +42,8 @@ def atomic_path(path, suffix=""):
     os.close(handle)
     try:
         yield temporary
+        if os.path.isfile(temporary):
+            os.chmod(temporary, _FILE_MODE)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -75,6 +75,8 @@ _FIELDS = {
     "token_mixing_size": (64, _positive_int, "token-mixing MLP width"),
     "channel_mixing_size": (384, _positive_int, "channel-mixing MLP width"),
     "dropout_rate": (0.1, _rate, "dropout inside blocks"),
+    "token_dropout_rate": (0.1, _rate, "word dropout in training"),
+    "hash_dropout_rate": (0.25, _rate, "Bloom index dropout in training"),
     "layer_norm_epsilon": (1e-5, _positive_float, "layer norm epsilon"),
     # External memory.
     "use_external_memory": (False, _flag, "add associative memory"),
@@ -154,6 +156,12 @@ class NeuroLiteConfig:
         channel_mixing_size: int. Hidden width of the channel MLP. Defaults
             to `384`.
         dropout_rate: float. Defaults to `0.1`.
+        token_dropout_rate: float. In training, the probability that a
+            classifier treats a real token as padding (word dropout).
+            Defaults to `0.1`.
+        hash_dropout_rate: float. In training, the probability of dropping
+            each Bloom filter index of a token in the projection. Defaults
+            to `0.25`.
         layer_norm_epsilon: float. Defaults to `1e-5`.
         use_external_memory: bool. Add the associative memory. Defaults to
             `False`.

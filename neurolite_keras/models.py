@@ -9,18 +9,16 @@ import numpy as np
 
 from neurolite_keras import memory_state
 from neurolite_keras.config import NeuroLiteConfig
-from neurolite_keras.featurizer import TextFeaturizer, check_texts
-from neurolite_keras.layers import (
-    FNetBlock,
-    HashProjection,
-    HyperMixerBlock,
-    MaskedMeanPooling,
-    MlpMixerBlock,
-)
-from neurolite_keras.layers.memory import (
-    AssociativeMemory,
-    EpisodicLabelReadout,
-)
+from neurolite_keras.featurizer import TextFeaturizer
+from neurolite_keras.featurizer import check_texts
+from neurolite_keras.layers import FNetBlock
+from neurolite_keras.layers import HashProjection
+from neurolite_keras.layers import HyperMixerBlock
+from neurolite_keras.layers import MaskedMeanPooling
+from neurolite_keras.layers import MlpMixerBlock
+from neurolite_keras.layers import TokenDropout
+from neurolite_keras.layers.memory import AssociativeMemory
+from neurolite_keras.layers.memory import EpisodicLabelReadout
 from neurolite_keras.layers.routing import MixtureOfExperts
 from neurolite_keras.layers.symbolic import SymbolicFusion
 from neurolite_keras.rules import RuleSet
@@ -150,14 +148,16 @@ class NeuroLiteModel(keras.Model):
         # === Layers ===
         projection = HashProjection(
             config.bloom_filter_size, config.projection_size,
-            name="hash_projection",
+            dropout_rate=config.hash_dropout_rate, name="hash_projection",
         )
         bottleneck = keras.layers.Dense(config.hidden_size, name="bottleneck")
         bottleneck_norm = keras.layers.LayerNormalization(
             epsilon=config.layer_norm_epsilon, name="bottleneck_norm"
         )
         dropout = keras.layers.Dropout(config.dropout_rate, name="dropout")
-        blocks = [mixer_block(config, i) for i in range(config.num_mixer_layers)]
+        blocks = [
+            mixer_block(config, i) for i in range(config.num_mixer_layers)
+        ]
         final_norm = keras.layers.LayerNormalization(
             epsilon=config.layer_norm_epsilon, name="final_norm"
         )
@@ -392,6 +392,9 @@ class NeuroLiteForClassification(keras.Model):
         backbone = NeuroLiteModel(
             config, num_memory_labels=memory_labels, name="backbone"
         )
+        token_dropout = TokenDropout(
+            config.token_dropout_rate, name="token_dropout"
+        )
         pooling = MaskedMeanPooling(name="pooling")
         dropout = keras.layers.Dropout(config.dropout_rate, name="head_dropout")
         fusion = None
@@ -410,14 +413,18 @@ class NeuroLiteForClassification(keras.Model):
             inputs["rule_evidence"] = keras.Input(
                 (2, num_labels), dtype="float32", name="rule_evidence"
             )
+        # Word dropout (training only): the backbone and the pooling both
+        # skip the dropped tokens.
+        padding_mask = token_dropout(inputs["padding_mask"])
         backbone_inputs = {k: inputs[k] for k in backbone.input}
+        backbone_inputs["padding_mask"] = padding_mask
         hidden = backbone(backbone_inputs)
         if memory_labels:
             logits = head(
                 hidden["memory_sentence_query"], hidden["memory_label_scores"]
             )
         else:
-            pooled = pooling(hidden, padding_mask=inputs["padding_mask"])
+            pooled = pooling(hidden, padding_mask=padding_mask)
             logits = head(dropout(pooled))
         if fusion is not None:
             logits = fusion(logits, inputs["rule_evidence"])

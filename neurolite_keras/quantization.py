@@ -399,8 +399,11 @@ class QuantizationAwareModel(keras.Model):
 
     def calibrate(self, inputs):
         """Sets the output ranges from the float outputs on `inputs`."""
-        outputs = keras.tree.flatten(self.model(inputs, training=False))
-        for quantizer, output in zip(self.output_quantizers, outputs):
+        # `predict` runs compiled, where an eager call would run op by op.
+        outputs = self.model.predict(inputs, verbose=0)
+        for quantizer, output in zip(
+            self.output_quantizers, keras.tree.flatten(outputs)
+        ):
             values = ops.convert_to_numpy(output)
             quantizer.set_range(values.min(), values.max())
 

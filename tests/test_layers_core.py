@@ -3,11 +3,10 @@ import numpy as np
 import pytest
 from harness import check_layer
 
-from neurolite_keras.layers import (
-    HashProjection,
-    MaskedMeanPooling,
-    MlpMixerBlock,
-)
+from neurolite_keras.layers import HashProjection
+from neurolite_keras.layers import MaskedMeanPooling
+from neurolite_keras.layers import MlpMixerBlock
+from neurolite_keras.layers import TokenDropout
 
 
 def test_hash_projection_is_a_gather_sum(tmp_path):
@@ -22,7 +21,7 @@ def test_hash_projection_is_a_gather_sum(tmp_path):
         tmp_path=tmp_path,
     )
     layer = HashProjection(50, 8, combiner="sum")
-    result = np.array(layer(indices))
+    result = keras.ops.convert_to_numpy(layer(indices))
     table = keras.ops.convert_to_numpy(layer.embeddings)
     counts = np.zeros((2, 6, 50))
     for b, s, k in np.ndindex(2, 6, 4):
@@ -62,10 +61,12 @@ def test_mlp_mixer_ignores_padding_content():
     mask = np.array([[1] * 5 + [0] * 3], "int32")
     noisy = x.copy()
     noisy[:, 5:] = rng.normal(size=(1, 3, 4)) * 100
-    a = np.array(block(x, padding_mask=mask))
-    b = np.array(block(noisy, padding_mask=mask))
+    a = keras.ops.convert_to_numpy(block(x, padding_mask=mask))
+    b = keras.ops.convert_to_numpy(block(noisy, padding_mask=mask))
     np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-5, atol=1e-5)
-    assert np.all(a[:, 5:] == 0)
+    # Without the mask the noise reaches real tokens: the check can fail.
+    c = keras.ops.convert_to_numpy(block(noisy))
+    assert not np.allclose(a[:, :5], c[:, :5], atol=1e-3)
 
 
 def test_mlp_mixer_rejects_other_lengths():
@@ -78,5 +79,50 @@ def test_mlp_mixer_rejects_other_lengths():
 def test_masked_mean_pooling_handles_empty_sequences():
     x = np.ones((2, 3, 2), "float32")
     mask = np.array([[1, 1, 0], [0, 0, 0]])
-    pooled = np.array(MaskedMeanPooling()(x, padding_mask=mask))
+    pooled = keras.ops.convert_to_numpy(
+        MaskedMeanPooling()(x, padding_mask=mask)
+    )
     np.testing.assert_allclose(pooled, [[1, 1], [0, 0]])
+
+
+def test_hash_projection_index_dropout_only_in_training():
+    indices = np.random.default_rng(2).integers(0, 50, (4, 6, 8))
+    layer = HashProjection(50, 3, dropout_rate=0.5, seed=3)
+    layer.build(indices.shape)
+    layer.embeddings.assign(np.ones((50, 3), "float32"))
+    # Inference: every index counts. Training: the mean over the kept rows
+    # of an all-ones table is 1, or 0 where a token lost every index.
+    inference = keras.ops.convert_to_numpy(layer(indices))
+    np.testing.assert_allclose(inference, 1.0)
+    trained = keras.ops.convert_to_numpy(layer(indices, training=True))
+    assert set(np.unique(trained.round(5))) <= {0.0, 1.0}
+    summed = HashProjection(50, 3, combiner="sum", dropout_rate=0.5, seed=3)
+    summed.build(indices.shape)
+    summed.embeddings.assign(np.ones((50, 3), "float32"))
+    out = keras.ops.convert_to_numpy(summed(indices, training=True))
+    assert set(np.unique(out.round(4))) <= {0.0, 8.0}
+    # On a random table some rows were dropped: training output differs.
+    layer.embeddings.assign(np.random.default_rng(4).normal(size=(50, 3)))
+    a = keras.ops.convert_to_numpy(layer(indices))
+    b = keras.ops.convert_to_numpy(layer(indices, training=True))
+    assert not np.allclose(a, b)
+    assert HashProjection.from_config(layer.get_config()).dropout_rate == 0.5
+    with pytest.raises(ValueError, match="dropout_rate=1"):
+        HashProjection(50, 3, dropout_rate=1)
+
+
+def test_token_dropout_drops_real_tokens_in_training_only():
+    mask = np.zeros((100, 100), "int32")
+    mask[:, :60] = 1
+    layer = TokenDropout(0.3, seed=0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(mask)), mask
+    )
+    dropped = keras.ops.convert_to_numpy(layer(mask, training=True))
+    assert dropped.dtype == np.int32
+    assert not dropped[:, 60:].any()  # Padding never becomes a token.
+    assert 0.27 < 1 - dropped[:, :60].mean() < 0.33
+    again = TokenDropout.from_config(layer.get_config())
+    assert (again.rate, again.seed) == (0.3, 0)
+    with pytest.raises(ValueError, match="rate=-0.1"):
+        TokenDropout(-0.1)

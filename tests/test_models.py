@@ -8,13 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from neurolite_keras import (
-    NeuroLiteConfig,
-    NeuroLiteForClassification,
-    NeuroLiteModel,
-    load_model,
-)
-from neurolite_keras.datasets import TextSplit, load_sib200
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
+from neurolite_keras import NeuroLiteModel
+from neurolite_keras import load_model
+from neurolite_keras.datasets import TextSplit
+from neurolite_keras.datasets import load_sib200
 from neurolite_keras.evaluation import evaluate_predictor
 
 SMALL = dict(

@@ -51,11 +51,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras
 import numpy as np
 
-from neurolite_keras import (
-    NeuroLiteConfig,
-    NeuroLiteForClassification,
-    load_model,
-)
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
+from neurolite_keras import load_model
 from neurolite_keras.datasets import load_sib200
 
 keras.utils.set_random_seed(0)

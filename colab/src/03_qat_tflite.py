@@ -40,10 +40,8 @@ import time
 import keras
 import numpy as np
 
-from neurolite_keras import (
-    NeuroLiteConfig,
-    NeuroLiteForClassification,
-)
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
 from neurolite_keras.datasets import load_sib200
 from neurolite_keras.litert_runner import LiteRTClassifier
 from neurolite_keras.recipes.export import export_model

@@ -42,11 +42,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras
 import numpy as np
 
-from neurolite_keras import (
-    NeuroLiteConfig,
-    NeuroLiteForClassification,
-    NeuroLiteModel,
-)
+from neurolite_keras import NeuroLiteConfig
+from neurolite_keras import NeuroLiteForClassification
+from neurolite_keras import NeuroLiteModel
 from neurolite_keras.datasets import load_sib200
 from neurolite_keras.layers.routing import ExpertUsageCallback
 from neurolite_keras.rules import RuleSet

@@ -10,3 +10,4 @@ from neurolite_keras.layers.pooling import MaskedMeanPooling
 from neurolite_keras.layers.projection import HashProjection
 from neurolite_keras.layers.routing import MixtureOfExperts
 from neurolite_keras.layers.symbolic import SymbolicFusion
+from neurolite_keras.layers.token_dropout import TokenDropout

@@ -92,8 +92,10 @@ class FNetBlock(keras.layers.Layer):
     The mixing runs in float32 whatever the layer's compute dtype.
 
     **Note on masking:** padded positions are zeroed before the Fourier
-    mixing, so their content never reaches real tokens, and the block
-    output is zero there. The transform still spans the whole padded
+    mixing, so their content never reaches real tokens. The block output
+    at padded positions is not zeroed and carries no meaning (a zero row
+    would enter the next layer normalization with zero variance, which
+    ruins an int8 export's range for that normalization). The transform still spans the whole padded
     length: frequencies are those of length `n`, so a real token's output
     depends on how much padding there is (the same text padded to 64 or to
     128 gives different outputs), though not on what the padding holds.
@@ -239,10 +241,7 @@ class FNetBlock(keras.layers.Layer):
 
         # Channel mixing: an MLP across features, applied to each token.
         y = self.channel_dense_out(self.channel_dense_in(x))
-        x = self.channel_norm(x + self.dropout(y, training=training))
-        if mask is not None:
-            x = x * mask
-        return x
+        return self.channel_norm(x + self.dropout(y, training=training))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -76,12 +76,13 @@ class HyperMixerBlock(keras.layers.Layer):
     token_mixing_size`, one for `W1` and one for `W2` (untied).
 
     **Note on masking:** padded positions are zeroed after the first layer
-    normalization and their rows of `W1` and `W2` are zeroed, so padded
-    tokens generate no weights, contribute nothing to real tokens and
-    receive zeros from token mixing; the block output is zero there. Real
-    tokens' outputs depend neither on what the padding holds nor on how
-    much padding follows them (position features count from the start of
-    the sequence).
+    normalization, so they add nothing to `W1^T @ X` and contribute nothing
+    to real tokens. Real tokens' outputs depend neither on what the padding
+    holds nor on how much padding follows them (position features count
+    from the start of the sequence). The output at padded positions is not
+    zeroed and carries no meaning: a zero row entering a layer
+    normalization would, in an int8 export, stretch that normalization's
+    quantization range by `1/sqrt(epsilon)` for every real token.
 
     **Note on length:** any length works, including a length that changes
     between calls or is unknown when the model is built. The hidden state
@@ -194,30 +195,23 @@ class HyperMixerBlock(keras.layers.Layer):
             x = x * mask
 
         # Step 2: each token, with its position, generates its rows of the
-        # token-mixing weights; padded tokens generate zero rows.
+        # token-mixing weights. A padded token's rows meet its zeroed `x`
+        # in `W1^T @ X`, and those of `W2` only reach padded outputs.
         positions = sinusoidal_positions(length, inputs.shape[-1], x.dtype)
         hyper_inputs = x + ops.expand_dims(positions, 0)
         w1 = self.hyper_in_dense_out(self.hyper_in_dense_in(hyper_inputs))
         w2 = self.hyper_out_dense_out(self.hyper_out_dense_in(hyper_inputs))
-        if mask is not None:
-            w1 = w1 * mask
-            w2 = w2 * mask
 
         # Step 3: the generated MLP across positions, W2 @ gelu(W1^T @ X):
         # (batch, token_mixing, hidden), then back to (batch, seq, hidden).
         hidden = ops.gelu(ops.matmul(ops.transpose(w1, (0, 2, 1)), x))
         mixed = self.mixing_norm(ops.matmul(w2, hidden))
-        if mask is not None:
-            mixed = mixed * mask
         x = inputs + self.dropout(mixed, training=training)
 
         # Channel mixing: an MLP across features, applied to each token.
         y = self.channel_norm(x)
         y = self.channel_dense_out(self.channel_dense_in(y))
-        x = x + self.dropout(y, training=training)
-        if mask is not None:
-            x = x * mask
-        return x
+        return x + self.dropout(y, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -4,7 +4,8 @@ al. 2021), with padding masked out."""
 import keras
 from keras import ops
 
-from neurolite_keras.validation import check_positive_int, check_rate
+from neurolite_keras.validation import check_positive_int
+from neurolite_keras.validation import check_rate
 
 
 @keras.saving.register_keras_serializable(package="neurolite")
@@ -22,8 +23,12 @@ class MlpMixerBlock(keras.layers.Layer):
     `max_sequence_length`; a tensor of another length raises a `ValueError`.
 
     **Note on masking:** padded positions are zeroed before token mixing, so
-    they contribute nothing to real tokens, and are zeroed in the output.
-    Real tokens' outputs do not depend on what the padding held.
+    they contribute nothing to real tokens: real tokens' outputs do not
+    depend on what the padding held. The output at padded positions is not
+    zeroed and carries no meaning. Leaving it is deliberate: a row of
+    zeros entering the next layer normalization has zero variance, and
+    in an int8 export its `1/sqrt(epsilon)` would set the quantization
+    range of that normalization for every real token.
 
     Args:
         sequence_length: int. Number of token positions.
@@ -137,10 +142,7 @@ class MlpMixerBlock(keras.layers.Layer):
         # Channel mixing: an MLP across features, applied to each token.
         y = self.channel_norm(x)
         y = self.channel_dense_out(self.channel_dense_in(y))
-        x = x + self.dropout(y, training=training)
-        if mask is not None:
-            x = x * mask
-        return x
+        return x + self.dropout(y, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -4,7 +4,9 @@ filter."""
 import keras
 from keras import ops
 
-from neurolite_keras.validation import check_choice, check_positive_int
+from neurolite_keras.validation import check_choice
+from neurolite_keras.validation import check_positive_int
+from neurolite_keras.validation import check_rate
 
 
 @keras.saving.register_keras_serializable(package="neurolite")
@@ -26,12 +28,20 @@ class HashProjection(keras.layers.Layer):
             `"sum"`. Defaults to `"mean"`.
         embeddings_initializer: initializer of the matrix. Defaults to
             `"glorot_uniform"`.
+        dropout_rate: float in `[0, 1)`. In training, each of a token's
+            indices is dropped with this probability and the rows left are
+            combined (the mean over the kept rows with `"mean"`; the sum
+            rescaled by the kept fraction with `"sum"`). This makes the
+            model rely on the n-gram fingerprints words share rather than on
+            each word's exact set of indices. Defaults to `0.0`.
+        seed: int or `None`. Seed of that dropout.
         **kwargs: base `Layer` arguments (`name`, `dtype`...).
 
     Call arguments:
         inputs: int tensor `(batch, sequence, num_hashes)` with values in
             `[0, num_buckets)`. Out-of-range indices are a caller error:
             some backends clip them, others raise.
+        training: bool. Index dropout is applied only in training.
 
     Returns:
         Float tensor `(batch, sequence, output_dim)`.
@@ -49,12 +59,18 @@ class HashProjection(keras.layers.Layer):
         output_dim,
         combiner="mean",
         embeddings_initializer="glorot_uniform",
+        dropout_rate=0.0,
+        seed=None,
         **kwargs,
     ):
         check_positive_int("num_buckets", num_buckets)
         check_positive_int("output_dim", output_dim)
         check_choice("combiner", combiner, ("mean", "sum"))
+        check_rate("dropout_rate", dropout_rate)
         super().__init__(**kwargs)
+        self.dropout_rate = float(dropout_rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self.num_buckets = num_buckets
         self.output_dim = output_dim
         self.combiner = combiner
@@ -74,11 +90,23 @@ class HashProjection(keras.layers.Layer):
             initializer=self.embeddings_initializer,
         )
 
-    def call(self, inputs):
+    def call(self, inputs, training=False):
         rows = ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
+        num_hashes = ops.cast(ops.shape(inputs)[-1], rows.dtype)
+        if training and self.dropout_rate > 0:
+            keep = keras.random.uniform(
+                ops.shape(inputs), seed=self.seed_generator
+            )
+            keep = ops.cast(keep >= self.dropout_rate, rows.dtype)
+            outputs = ops.sum(rows * ops.expand_dims(keep, -1), axis=-2)
+            # A token whose indices were all dropped gives zeros.
+            kept = ops.maximum(ops.sum(keep, axis=-1, keepdims=True), 1.0)
+            if self.combiner == "mean":
+                return outputs / kept
+            return outputs * (num_hashes / kept)
         outputs = ops.sum(rows, axis=-2)
         if self.combiner == "mean":
-            outputs = outputs / ops.cast(ops.shape(inputs)[-1], outputs.dtype)
+            outputs = outputs / num_hashes
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -94,6 +122,8 @@ class HashProjection(keras.layers.Layer):
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer
                 ),
+                "dropout_rate": self.dropout_rate,
+                "seed": self.seed,
             }
         )
         return config
