@@ -403,6 +403,13 @@ class NeuroLiteForClassification(keras.Model):
         if memory_labels:
             # A cosine head over the memory's key space, in which labelled
             # episodic slots vote like trained label vectors.
+            # TODO: this head reads the memory's sentence query, which is
+            # computed before the memory is read, so in a classifier the
+            # gated read into the token stream (long-term slot values, the
+            # gate, the output projection, `final_norm`) gets no gradient
+            # and does not change the logits. Feeding the read back into
+            # the query without moving it away from the written keys'
+            # space needs a redesign of the readout.
             head = EpisodicLabelReadout(num_labels, name="head")
         else:
             head = keras.layers.Dense(num_labels, name="head")

@@ -20,8 +20,11 @@ ABSENT_LABEL_SCORE = -2.0
 
 
 def _l2_normalize(x):
-    # A zero vector stays zero (an empty text's key reads as no match).
-    return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
+    # A zero vector stays zero (an empty text's key reads as no match). No
+    # epsilon: a float16 export stores a tiny one as 0, and 0 * rsqrt(0) is
+    # NaN, which a write would then spread into every key of the state.
+    norm_squared = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    return x * ops.rsqrt(ops.where(norm_squared > 0, norm_squared, 1.0))
 
 
 def _masked_softmax(scores, valid):
@@ -818,9 +821,13 @@ class EpisodicLabelReadout(keras.layers.Layer):
     competition: `margin`, by how much a written prototype must be closer
     than a trained label to win. It trades accuracy on the new labels
     against accuracy on the trained ones and only matters at inference
-    (`scale` does not change the argmax). Choose it on held-out data: in a
-    small Banking77 run (10 new intents, 1 to 10 examples each) margins of
-    0.15 to 0.2 kept the trained intents within about one point.
+    (`scale` does not change the argmax). Choose it on held-out data. On
+    Banking77 (`benchmarks/memory_new_labels.py`: a tiny model trained on
+    67 intents, 10 examples written for each of 10 others; dev split),
+    margin 0.3 kept the trained intents within one point of their
+    accuracy before the writes and got 36% of the new intents' sentences
+    right; 0.2 cost three points and got 60%; 0.0 cost 21 points and got
+    82%.
 
     Args:
         num_labels: int. Number of labels, trained and to be taught.

@@ -27,6 +27,17 @@ logits (the graph ends with one dequantize), or int8 with
 `int8_output=True`, whose scale and zero point the sidecar records. Batch 1
 and the sequence length are static.
 
+A classifier with episodic memory (`use_external_memory=True`) exports
+its memory as explicit state (`memory_serving_model`): the five state
+arrays of `neurolite_keras.memory_state` are extra inputs, their updated
+values `new_<name>` extra outputs, and `write_mask` / `write_labels` say
+whether a call also writes its text, so an app keeps the state, feeds it
+back and saves it (`LiteRTClassifier.write_memory`, `save_memory_state`).
+The `.tflite` file starts from an empty memory: the contents of the
+`.keras` model's memory travel as a `.npz` state file
+(`model.save_memory_state`, then `LiteRTClassifier.load_memory_state`).
+Such a model exports as float32, float16 or dynamic, not int8.
+
 Conversion needs the TensorFlow backend. A model trained under JAX or
 PyTorch is converted in a subprocess, `python -m
 neurolite_keras.recipes.export --request R --result S`, that runs with
@@ -52,7 +63,11 @@ import keras
 import numpy as np
 
 from neurolite_keras import atomic_io
+from neurolite_keras import memory_state
 from neurolite_keras.featurizer import check_texts
+from neurolite_keras.layers.memory import AssociativeMemory
+from neurolite_keras.litert_runner import MEMORY_SIDECAR_VERSION
+from neurolite_keras.litert_runner import MEMORY_STATE_OUTPUT_PREFIX
 from neurolite_keras.litert_runner import SIDECAR_FORMAT
 from neurolite_keras.litert_runner import SIDECAR_VERSION
 from neurolite_keras.litert_runner import SIGNATURE_KEY
@@ -233,7 +248,11 @@ def _input_specs(model):
         )
     specs = {}
     for name, tensor in inputs.items():
-        shape = (1, *tensor.shape[1:])
+        # A free batch dimension becomes 1; a fixed first dimension (the
+        # episodic memory's state tensors, shaped by slot) is kept.
+        shape = tuple(tensor.shape)
+        if shape and shape[0] is None:
+            shape = (1, *shape[1:])
         if any(d is None for d in shape):
             raise ExportError(
                 f"Input {name!r} of {model.name!r} has shape {tensor.shape}: "
@@ -427,6 +446,167 @@ def _representative_dataset(features, specs):
     return generate
 
 
+# --- The episodic memory as explicit state ---------------------------------
+
+MEMORY_INPUT_DESCRIPTIONS = {
+    "write_mask": "1.0 to write this text into episodic memory, 0.0 to "
+    "only read",
+    "write_labels": "label id of the text written (-1: none)",
+    **{
+        name: f"episodic memory state `{name}` (see "
+        "neurolite_keras.memory_state); feed back the `new_` output"
+        for name in memory_state.STATE_FIELDS
+    },
+}
+
+
+def memory_layer(model):
+    """The classifier's `AssociativeMemory`, or `None` without one."""
+    config = getattr(model, "config", None)
+    if config is None or not config.use_external_memory:
+        return None
+    return model.backbone.memory
+
+
+def _check_memory_quantization(quantization):
+    if quantization == "int8":
+        # TODO: full-integer memory export. The graph converts with int8
+        # built-ins, but int8 keys and label scores (ranges calibrated on
+        # sample states) lose the memory's parity: on a tiny model, after
+        # a few writes and reads, logits differed by up to 12.6 at a logit
+        # scale of 16, a read recalled another slot, and the usage record
+        # then replaced another slot. Keeping the memory in float inside
+        # an int8 backbone needs a mixed-precision conversion.
+        raise ExportError(
+            "A classifier with episodic memory (use_external_memory=True) "
+            "exports as float32, float16 or dynamic, not int8: with int8 "
+            "activations the keys written at run time and the label scores "
+            "are rounded to ranges fixed before any write, so reads recall "
+            "other slots and the state no longer follows the Keras model. "
+            "Pass quantization='float32' (or --quantization float32)."
+        )
+
+
+def memory_serving_model(model):
+    """The classifier as TFLite runs it: episodic state in, new state out.
+
+    Builds a functional model over the same layers (so the same weights)
+    as `model`, batch 1, whose memory reads the state given as inputs and
+    returns the updated state instead of changing its variables (the
+    explicit-state form of `AssociativeMemory`). One call reads one text
+    and, when `write_mask` is 1, also writes it with label `write_labels`.
+
+    Inputs: `hash_indices`, `padding_mask` (as the featurizer gives them,
+    batch 1), `write_mask` float32 `(1,)`, `write_labels` int32 `(1,)`,
+    and the five state arrays of `neurolite_keras.memory_state`, shaped by
+    slot (no batch dimension); with a symbolic module also
+    `rule_evidence`. Outputs: `logits`, `memory_attention` (the
+    sentence-level retrieval weights, long-term slots first) and
+    `new_<name>` for each state array.
+
+    Args:
+        model: a `NeuroLiteForClassification` built with
+            `use_external_memory=True`.
+
+    Returns:
+        A `keras.Model`.
+    """
+    memory = memory_layer(model)
+    if memory is None:
+        raise ValueError(
+            f"{model.name!r} has no episodic memory: build it with "
+            "`config.use_external_memory = True`."
+        )
+    config = model.config
+    length = config.max_sequence_length
+    inputs = {
+        "hash_indices": keras.Input(
+            batch_shape=(1, length, config.num_hashes),
+            dtype="int32",
+            name="hash_indices",
+        ),
+        "padding_mask": keras.Input(
+            batch_shape=(1, length), dtype="int32", name="padding_mask"
+        ),
+        "write_mask": keras.Input(
+            batch_shape=(1,), dtype="float32", name="write_mask"
+        ),
+        "write_labels": keras.Input(
+            batch_shape=(1,), dtype="int32", name="write_labels"
+        ),
+    }
+    shapes = memory_state.memory_state_shapes(
+        memory.num_episodic_slots, memory.key_size, memory.value_size
+    )
+    for name in memory_state.STATE_FIELDS:
+        inputs[name] = keras.Input(
+            batch_shape=shapes[name],
+            dtype="float32" if name in memory_state.FLOAT_FIELDS else "int32",
+            name=name,
+        )
+    features = {k: inputs[k] for k in ("hash_indices", "padding_mask")}
+    # The backbone up to the memory's input, sharing its layers.
+    hidden = model.backbone._memory_probe(features)
+    # A copy of the memory with the same weights: a functional model checks
+    # its graph with the output structure of a layer's first call, which
+    # for the classifier's memory has no state outputs.
+    stateful = AssociativeMemory.from_config(memory.get_config())
+    stateful.build(hidden.shape)
+    stateful.set_weights(memory.get_weights())
+    _, attention, label_scores, query, new_state = stateful(
+        hidden,
+        padding_mask=inputs["padding_mask"],
+        return_attention=True,
+        return_label_scores=True,
+        return_sentence_query=True,
+        state={name: inputs[name] for name in memory_state.STATE_FIELDS},
+        write_mask=inputs["write_mask"],
+        write_labels=inputs["write_labels"],
+    )
+    logits = model.get_layer("head")(query, label_scores)
+    if config.use_symbolic_module:
+        inputs["rule_evidence"] = keras.Input(
+            batch_shape=(1, 2, model.num_labels),
+            dtype="float32",
+            name="rule_evidence",
+        )
+        logits = model.get_layer("rules")(logits, inputs["rule_evidence"])
+    outputs = {"logits": logits, "memory_attention": attention}
+    for name in memory_state.STATE_FIELDS:
+        outputs[MEMORY_STATE_OUTPUT_PREFIX + name] = new_state[name]
+    return keras.Model(inputs, outputs, name=f"{model.name}_with_state")
+
+
+def _memory_sidecar(memory):
+    """The sidecar's `memory` section: sizes and tensor names."""
+    shapes = memory_state.memory_state_shapes(
+        memory.num_episodic_slots, memory.key_size, memory.value_size
+    )
+    return {
+        "num_memory_slots": memory.num_memory_slots,
+        "num_episodic_slots": memory.num_episodic_slots,
+        "key_size": memory.key_size,
+        "value_size": memory.value_size,
+        "num_labels": memory.num_labels,
+        "state_format": memory_state.FORMAT_VERSION,
+        "write_mask_input": "write_mask",
+        "write_labels_input": "write_labels",
+        "attention_output": "memory_attention",
+        "state": [
+            {
+                "name": name,
+                "input": name,
+                "output": MEMORY_STATE_OUTPUT_PREFIX + name,
+                "shape": list(shapes[name]),
+                "dtype": "float32"
+                if name in memory_state.FLOAT_FIELDS
+                else "int32",
+            }
+            for name in memory_state.STATE_FIELDS
+        ],
+    }
+
+
 def _tensor_details(details):
     scale, zero_point = details["quantization"]
     return {
@@ -449,7 +629,9 @@ def _io_details(flatbuffer):
         {
             "name": name,
             **_tensor_details(details),
-            "description": INPUT_DESCRIPTIONS.get(name, ""),
+            "description": INPUT_DESCRIPTIONS.get(
+                name, MEMORY_INPUT_DESCRIPTIONS.get(name, "")
+            ),
         }
         for name, details in sorted(runner.get_input_details().items())
     ]
@@ -519,11 +701,16 @@ def _convert_and_write(
             "carries its featurizer settings and label names."
         )
     featurizer = model.featurizer
+    memory = memory_layer(model)
+    target = model
+    if memory is not None:
+        _check_memory_quantization(quantization)
+        target = memory_serving_model(model)
     features = None
     if quantization == "int8":
         features = featurizer(calibration_texts or [])
     flatbuffer = convert_model(
-        model, quantization, features, per_channel, int8_output
+        target, quantization, features, per_channel, int8_output
     )
     try:
         check_builtin_only(flatbuffer)
@@ -541,7 +728,10 @@ def _convert_and_write(
             file.write(flatbuffer)
         sidecar = {
             "format": SIDECAR_FORMAT,
-            "format_version": SIDECAR_VERSION,
+            # A runner older than the memory sidecar must refuse the file.
+            "format_version": (
+                SIDECAR_VERSION if memory is None else MEMORY_SIDECAR_VERSION
+            ),
             "task": "text-classification",
             "tflite_file": os.path.basename(output_path),
             "tflite_size_bytes": len(flatbuffer),
@@ -568,6 +758,7 @@ def _convert_and_write(
                 "qat_epochs": 0 if qat is None else qat["epochs"],
             },
             "operators": counts,
+            "memory": None if memory is None else _memory_sidecar(memory),
             "golden_vectors": featurizer.golden_vectors(list(GOLDEN_TEXTS)),
             "qat": qat,
             "parity": None,
@@ -590,6 +781,9 @@ def _convert_and_write(
         if validation_texts or quantization == "int8":
             if source_model_path and source_model_path != model_path:
                 reference = load_model(source_model_path)
+        if memory is not None:
+            # Parity with the episodic contents the `.keras` file holds.
+            runner.set_memory_state(reference.get_memory_state())
         if quantization == "int8":
             sample = _calibration_texts(calibration_texts, 64)
             sidecar["calibration_parity"] = parity_figures(
@@ -796,6 +990,8 @@ def export_model(
             from neurolite_keras.models import load_model
 
             model = load_model(model_path)
+            if memory_layer(model) is not None:
+                _check_memory_quantization(quantization)
             history = quantization_aware_fine_tune(
                 model,
                 train_texts,
