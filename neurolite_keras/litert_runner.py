@@ -26,6 +26,7 @@ import numpy as np
 from neurolite_keras import memory_state
 from neurolite_keras.featurizer import TextFeaturizer
 from neurolite_keras.featurizer import check_texts
+from neurolite_keras.rules import RuleSet
 
 SIDECAR_FORMAT = "neurolite-litert"
 # Written for a model without memory; a model with episodic memory gets
@@ -185,6 +186,12 @@ class LiteRTClassifier:
         self.label_names = [str(name) for name in self.metadata["label_names"]]
         self.num_labels = len(self.label_names)
         self.featurizer = TextFeaturizer(**self.metadata["featurizer"])
+        # A model with a symbolic module takes rule evidence as an input;
+        # its rules travel in the sidecar and are evaluated here, beside
+        # the featurizer, as in Keras.
+        self.rules = None
+        if self.metadata.get("rules") is not None:
+            self.rules = RuleSet.from_dict(self.metadata["rules"])
         if verify:
             self.check_golden_vectors()
 
@@ -341,7 +348,7 @@ class LiteRTClassifier:
         ids = self._label_ids(labels, len(texts))
         if not texts:
             return np.zeros((0,), "int32")
-        features = self.featurizer(texts)
+        features = self.featurize(texts)
         empty = np.asarray(features["padding_mask"]).sum(axis=1) == 0
         if empty.any():
             warnings.warn(
@@ -377,7 +384,7 @@ class LiteRTClassifier:
         results = []
         if not texts:
             return results
-        features = self.featurizer(texts)
+        features = self.featurize(texts)
         for row in range(len(texts)):
             filled = np.flatnonzero(self._state["episodic_last_used"] >= 0)
             outputs = self._invoke(features, row)
@@ -468,8 +475,14 @@ class LiteRTClassifier:
                     )
 
     def featurize(self, texts):
-        """Model inputs for `texts` (a str or a sequence of str)."""
-        return self.featurizer(texts)
+        """Model inputs for `texts` (a str or a sequence of str): the
+        features, and the rule evidence if the model has rules."""
+        features = self.featurizer(texts)
+        if self.rules is not None:
+            features["rule_evidence"] = self.rules.evaluate(
+                check_texts(texts), self.label_names
+            )
+        return features
 
     def _feed(self, name, array):
         detail = self._inputs[name]
@@ -486,7 +499,7 @@ class LiteRTClassifier:
         logits = np.zeros((len(texts), self.num_labels), dtype="float32")
         if not texts:
             return logits
-        features = self.featurizer(texts)
+        features = self.featurize(texts)
         scale, zero_point = self._output["quantization"]
         for row in range(len(texts)):
             output = self._invoke(features, row)[self._output_name]

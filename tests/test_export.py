@@ -329,6 +329,47 @@ def test_every_mixer_exports_to_int8_with_parity(
     assert report["accuracy_drop"] <= 0.01, report
 
 
+@tensorflow_only
+def test_rules_travel_in_the_sidecar_and_fire_in_litert(
+    sib200, memorized, tmp_path
+):
+    """A classifier with a symbolic module: the sidecar carries its rules,
+    and the runner evaluates them beside the featurizer, as Keras does."""
+    rules = {
+        "rules": [
+            {
+                "name": "sport",
+                "label": "sports",
+                "weight": 0.9,
+                "when": {"any_keywords": ["match", "football", "olympi*"]},
+            }
+        ]
+    }
+    config = tiny_config()
+    config.use_symbolic_module = True
+    model = NeuroLiteForClassification(
+        config, label_names=sib200.label_names, rules=rules
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(0.01))
+    texts, labels = memorized
+    model.fit(texts[:70], labels[:70], epochs=2, batch_size=35, verbose=0)
+    path = str(tmp_path / "rules.keras")
+    model.save(path)
+    result = export_model(
+        path, str(tmp_path / "rules.tflite"), quantization="float32"
+    )
+    with open(result.sidecar_path, encoding="utf-8") as file:
+        assert json.load(file)["rules"]["rules"][0]["name"] == "sport"
+    runner = LiteRTClassifier(result.tflite_path)
+    probe = ["The football match ended in a draw.", "Le parlement a voté."]
+    evidence = runner.featurize(probe)["rule_evidence"]
+    assert evidence[0, 0, sib200.label_names.index("sports")] > 0.8
+    assert not evidence[1].any()
+    np.testing.assert_allclose(
+        runner.predict_logits(probe), _keras_logits(model, probe), atol=1e-4
+    )
+
+
 def test_parity_figures_checks_its_targets():
     keras_logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     tflite_logits = keras_logits + 1e-5

@@ -708,7 +708,8 @@ def _convert_and_write(
         target = memory_serving_model(model)
     features = None
     if quantization == "int8":
-        features = featurizer(calibration_texts or [])
+        # With rules, the calibration inputs include their evidence.
+        features = model.featurize(check_texts(calibration_texts or []))
     flatbuffer = convert_model(
         target, quantization, features, per_channel, int8_output
     )
@@ -759,6 +760,9 @@ def _convert_and_write(
             },
             "operators": counts,
             "memory": None if memory is None else _memory_sidecar(memory),
+            "rules": (
+                model.rules.to_dict() if config.use_symbolic_module else None
+            ),
             "golden_vectors": featurizer.golden_vectors(list(GOLDEN_TEXTS)),
             "qat": qat,
             "parity": None,
