@@ -12,6 +12,8 @@ Schema (every field is checked; an unknown field is an error)::
 
     {
       "version": 1,                      # optional; 1 is the only version
+      "description": "How it was made",  # optional; free text (a str or a
+                                         # list of str), kept as is
       "labels": ["refund", "card", ...], # optional; if given, every rule's
                                          # label must be one of them
       "lexicons": {                      # optional; named keyword lists
@@ -78,7 +80,8 @@ import regex
 
 from neurolite_keras.atomic_io import write_json
 from neurolite_keras.featurizer import check_texts
-from neurolite_keras.tokenizer import normalize, tokenize
+from neurolite_keras.tokenizer import normalize
+from neurolite_keras.tokenizer import tokenize
 
 SCHEMA_VERSION = 1
 EFFECTS = ("support", "oppose")
@@ -96,7 +99,9 @@ NEGATION_CUES = {
     ),
 }  # fmt: skip
 
-_TOP_LEVEL = ("version", "labels", "lexicons", "negation", "rules")
+_TOP_LEVEL = (
+    "version", "description", "labels", "lexicons", "negation", "rules",
+)  # fmt: skip
 _NEGATION_FIELDS = ("cues", "scope", "breaks")
 _RULE_FIELDS = ("name", "label", "weight", "effect", "negated", "when")
 _REQUIRED_RULE_FIELDS = ("name", "label", "weight", "when")
@@ -373,6 +378,9 @@ class RuleSet:
         lexicons: dict of name to list of keywords, or `None`.
         negation: dict with `cues`, `scope` and optional `breaks`, or
             `None` for no negation handling.
+        description: str, list of str, or `None`. Free text that says
+            what the rules are for and how they were made; it does not
+            change what they do.
 
     Raises:
         ValueError: for any invalid field, naming the rule (by name and
@@ -393,7 +401,15 @@ class RuleSet:
     'asks_refund'
     """
 
-    def __init__(self, rules=(), labels=None, lexicons=None, negation=None):
+    def __init__(
+        self,
+        rules=(),
+        labels=None,
+        lexicons=None,
+        negation=None,
+        description=None,
+    ):
+        self._description = self._check_description(description)
         self._labels = self._check_labels(labels)
         self._lexicons_spec, lexicons = self._check_lexicons(lexicons)
         self._negation_spec, self._negation = self._check_negation(negation)
@@ -421,6 +437,19 @@ class RuleSet:
                 )
             seen[rule.name] = position
             self._rules.append(rule)
+
+    @staticmethod
+    def _check_description(description):
+        if description is None:
+            return None
+        if isinstance(description, str):
+            return description
+        if not _is_str_list(description):
+            raise ValueError(
+                "RuleSet: `description` must be a str or a list of str. "
+                f"Received: {description!r:.80}"
+            )
+        return list(description)
 
     @staticmethod
     def _check_labels(labels):
@@ -529,11 +558,14 @@ class RuleSet:
             labels=data.get("labels"),
             lexicons=data.get("lexicons"),
             negation=data.get("negation"),
+            description=data.get("description"),
         )
 
     def to_dict(self):
         """The rule set as plain data (a copy), with defaults filled in."""
         data = {"version": SCHEMA_VERSION}
+        if self._description is not None:
+            data["description"] = copy.deepcopy(self._description)
         if self._labels is not None:
             data["labels"] = list(self._labels)
         if self._lexicons_spec is not None:

@@ -3,6 +3,7 @@ the auxiliary loss on every backend, saving, usage statistics and TFLite."""
 
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -10,12 +11,10 @@ import pytest
 from harness import check_layer
 
 from neurolite_keras.layers.pooling import MaskedMeanPooling
-from neurolite_keras.layers.routing import (
-    ExpertUsageCallback,
-    MixtureOfExperts,
-    load_balancing_loss,
-    moe_parameter_counts,
-)
+from neurolite_keras.layers.routing import ExpertUsageCallback
+from neurolite_keras.layers.routing import MixtureOfExperts
+from neurolite_keras.layers.routing import load_balancing_loss
+from neurolite_keras.layers.routing import moe_parameter_counts
 from neurolite_keras.layers.symbolic import SymbolicFusion
 
 BACKEND = keras.backend.backend()
@@ -242,6 +241,27 @@ def test_ties_keep_every_tied_expert():
     )
     gates = _as_numpy(usage["expert_weights"])
     np.testing.assert_allclose(gates, np.full((1, 2, EXPERTS), 1 / EXPERTS))
+
+
+def test_one_expert_is_a_plain_feed_forward_block():
+    # The "no routing" arm of a comparison at equal active parameters: the
+    # one expert takes every real token with weight 1, and no warning (such
+    # as Keras' about a softmax over one value) is raised.
+    x, mask, _ = _batch()
+    moe = MixtureOfExperts(1, EXPERT_SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, usage = moe(x, padding_mask=mask, return_expert_usage=True)
+    w_in, b_in, w_out, b_out = (
+        _as_numpy(w)[0]
+        for w in (moe.expert_kernel_in, moe.expert_bias_in,
+                  moe.expert_kernel_out, moe.expert_bias_out)
+    )  # fmt: skip
+    expected = (_gelu(x @ w_in + b_in) @ w_out + b_out) * mask[..., None]
+    np.testing.assert_allclose(_as_numpy(y), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(
+        _as_numpy(usage["expert_weights"])[..., 0], mask
+    )
 
 
 def test_load_balancing_loss_values():

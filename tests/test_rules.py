@@ -9,7 +9,8 @@ import pytest
 from harness import check_layer
 
 from neurolite_keras.layers.symbolic import SymbolicFusion
-from neurolite_keras.rules import NEGATION_CUES, RuleSet
+from neurolite_keras.rules import NEGATION_CUES
+from neurolite_keras.rules import RuleSet
 from neurolite_keras.tokenizer import tokenize
 
 LABELS = ["refund", "card", "other"]
@@ -267,6 +268,30 @@ def test_dict_and_json_round_trips(tmp_path):
     assert RuleSet.from_json_file(path) == rule_set
     assert RuleSet.from_file(path) == rule_set
     assert json.loads(path.read_text(encoding="utf-8")) == rule_set.to_dict()
+
+
+def test_description_travels_with_the_rules(tmp_path):
+    # Free text, so that a rule file says how it was made; it changes
+    # nothing else and survives edits, files and a model's config.
+    lines = ["Written by hand.", "Keywords from the label names."]
+    rule_set = RuleSet.from_dict(_rules(_rule(), description=lines))
+    plain = RuleSet.from_dict(_rules(_rule()))
+    assert rule_set.to_dict()["description"] == lines
+    assert "description" not in plain.to_dict()
+    texts = ["a refund please"]
+    np.testing.assert_array_equal(
+        rule_set.evaluate(texts), plain.evaluate(texts)
+    )
+    edited = rule_set.with_rule(_rule("card_words", label="card"))
+    assert edited.without_rule("card_words").to_dict() == rule_set.to_dict()
+    rule_set.to_json_file(tmp_path / "rules.json")
+    again = RuleSet.from_json_file(tmp_path / "rules.json")
+    assert again == rule_set and again != plain
+    one_line = RuleSet.from_dict(_rules(description="One line."))
+    assert one_line.to_dict()["description"] == "One line."
+    for bad in (3, ["ok", 4], {"text": "x"}):
+        with pytest.raises(ValueError, match="`description`"):
+            RuleSet.from_dict(_rules(description=bad))
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -9,10 +9,12 @@ import weakref
 import keras
 from keras import ops
 
-from neurolite_keras.validation import check_positive_int, check_rate
+from neurolite_keras.validation import check_positive_int
+from neurolite_keras.validation import check_rate
 
 try:  # Internal Keras API, used only by `MixtureOfExperts._clear_losses`.
-    from keras.src.backend import get_stateless_scope, in_stateless_scope
+    from keras.src.backend import get_stateless_scope
+    from keras.src.backend import in_stateless_scope
 except ImportError:  # pragma: no cover
     get_stateless_scope = in_stateless_scope = None
 
@@ -365,7 +367,15 @@ class MixtureOfExperts(keras.layers.Layer):
             ops.cast(inputs, "float32"),
             ops.cast(self.router_kernel, "float32"),
         )
-        router_probs = ops.softmax(router_logits, axis=-1)
+        if num_experts == 1:
+            # The softmax over one expert, written out: exactly 1, with a
+            # zero gradient, and without Keras' warning about a softmax
+            # over an axis of size 1.
+            router_probs = ops.exp(
+                router_logits - ops.max(router_logits, axis=-1, keepdims=True)
+            )
+        else:
+            router_probs = ops.softmax(router_logits, axis=-1)
         k = self.num_experts_per_token
         if k == 1:
             threshold = ops.max(router_probs, axis=-1, keepdims=True)
