@@ -300,15 +300,19 @@ def test_int8_agrees_with_float_model(
 
 
 @tensorflow_only
-@pytest.mark.parametrize("mixer", ["hypermixer", "fnet"])
+@pytest.mark.parametrize(
+    "mixer, routing", [("hypermixer", False), ("fnet", False), ("mlp", True)]
+)
 def test_every_mixer_exports_to_int8_with_parity(
-    sib200, memorized, tmp_path, mixer
+    sib200, memorized, tmp_path, mixer, routing
 ):
-    """HyperMixer and FNet classifiers (MLP-Mixer is `trained` above) pass
-    the same int8 checks: built-in operators, static shapes, agreement."""
+    """HyperMixer and FNet classifiers, and an MLP-Mixer with a mixture of
+    experts (the plain MLP-Mixer is `trained` above), pass the same int8
+    checks: built-in operators, static shapes, agreement."""
     keras.utils.set_random_seed(0)
     config = tiny_config()
     config.mixer_type = mixer
+    config.use_dynamic_routing = routing
     model = NeuroLiteForClassification(config, label_names=sib200.label_names)
     model.compile(optimizer=keras.optimizers.AdamW(0.01))
     texts, labels = memorized
