@@ -4,7 +4,8 @@ on a CPU, in Keras and in TFLite.
 Run (from the repository root; about 20 to 30 minutes on two shared CPU
 cores, most of it converting and timing BERT-base):
 
-    python benchmarks/benchmark_comparison.py --output-dir benchmarks/results/comparison
+    python benchmarks/benchmark_comparison.py \
+        --output-dir benchmarks/results/comparison
 
 Small settings, well under a minute (what the test suite runs):
 

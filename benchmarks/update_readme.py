@@ -2,9 +2,9 @@
 
     python benchmarks/update_readme.py [--results benchmarks/results]
 
-Every `benchmarks/results/<name>/*.md` written by a benchmark script goes between the
-README's `<!-- results:start -->` and `<!-- results:end -->` markers, so the
-figures there are the scripts' output, never typed by hand.
+Every `benchmarks/results/<name>/*.md` written by a benchmark script goes
+between the README's `<!-- results:start -->` and `<!-- results:end -->`
+markers, so the figures there are the scripts' output, never typed by hand.
 """
 
 import argparse

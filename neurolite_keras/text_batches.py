@@ -53,7 +53,8 @@ class TextBatches(keras.utils.PyDataset):
         return math.ceil(len(self.texts) / self.batch_size)
 
     def __getitem__(self, index):
-        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        start = index * self.batch_size
+        rows = self._order[start : start + self.batch_size]
         features = self.featurize([self.texts[i] for i in rows])
         if self.labels is None:
             return (features,)

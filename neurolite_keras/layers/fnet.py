@@ -92,14 +92,14 @@ class FNetBlock(keras.layers.Layer):
     The mixing runs in float32 whatever the layer's compute dtype.
 
     **Note on masking:** padded positions are zeroed before the Fourier
-    mixing, so their content never reaches real tokens. The block output
-    at padded positions is not zeroed and carries no meaning (a zero row
-    would enter the next layer normalization with zero variance, which
-    ruins an int8 export's range for that normalization). The transform still spans the whole padded
-    length: frequencies are those of length `n`, so a real token's output
-    depends on how much padding there is (the same text padded to 64 or to
-    128 gives different outputs), though not on what the padding holds.
-    Pad every text to one length, as the featurizer does.
+    mixing, so their content never reaches real tokens. The block output at
+    padded positions is not zeroed and carries no meaning (a zero row would
+    enter the next layer normalization with zero variance, which ruins an
+    int8 export's range for that normalization). The transform still spans
+    the whole padded length: frequencies are those of length `n`, so a real
+    token's output depends on how much padding there is (the same text
+    padded to 64 or to 128 gives different outputs), though not on what the
+    padding holds. Pad every text to one length, as the featurizer does.
 
     Args:
         channel_mixing_size: int. Hidden width of the channel-mixing MLP.
