@@ -9,6 +9,20 @@ def check_positive_int(name, value):
     return value
 
 
+def check_positive_float(name, value):
+    """Returns `value` as a float if it is a finite number above zero."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive finite number. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
 def check_rate(name, value):
     if (
         isinstance(value, bool)

@@ -6,24 +6,11 @@ import numpy as np
 from keras import ops
 
 from neurolite_keras.validation import check_choice
+from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
 from neurolite_keras.validation import check_rate
 
 IMPLEMENTATIONS = ("auto", "dft", "fft")
-
-
-def _check_epsilon(value):
-    # TODO: move to neurolite_keras/validation.py as `check_positive_float`
-    # (owned by the lead); kept here until then.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-    ):
-        raise ValueError(
-            "`layer_norm_epsilon` must be a positive number. "
-            f"Received: layer_norm_epsilon={value!r}"
-        )
 
 
 def dft_matrices(size):
@@ -141,7 +128,7 @@ class FNetBlock(keras.layers.Layer):
     ):
         check_positive_int("channel_mixing_size", channel_mixing_size)
         check_rate("dropout_rate", dropout_rate)
-        _check_epsilon(layer_norm_epsilon)
+        check_positive_float("layer_norm_epsilon", layer_norm_epsilon)
         check_choice("implementation", implementation, IMPLEMENTATIONS)
         super().__init__(**kwargs)
         self.channel_mixing_size = channel_mixing_size

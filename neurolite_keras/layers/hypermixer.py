@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
 from neurolite_keras.validation import check_rate
 
@@ -37,20 +38,6 @@ def sinusoidal_positions(length, hidden_size, dtype="float32"):
     )
     features = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
     return ops.cast(features[:, :hidden_size], dtype)
-
-
-def _check_epsilon(value):
-    # TODO: move to neurolite_keras/validation.py as `check_positive_float`
-    # (owned by the lead); kept here until then.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-    ):
-        raise ValueError(
-            "`layer_norm_epsilon` must be a positive number. "
-            f"Received: layer_norm_epsilon={value!r}"
-        )
 
 
 @keras.saving.register_keras_serializable(package="neurolite")
@@ -126,7 +113,7 @@ class HyperMixerBlock(keras.layers.Layer):
         check_positive_int("token_mixing_size", token_mixing_size)
         check_positive_int("channel_mixing_size", channel_mixing_size)
         check_rate("dropout_rate", dropout_rate)
-        _check_epsilon(layer_norm_epsilon)
+        check_positive_float("layer_norm_epsilon", layer_norm_epsilon)
         super().__init__(**kwargs)
         self.token_mixing_size = token_mixing_size
         self.channel_mixing_size = channel_mixing_size

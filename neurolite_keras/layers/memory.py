@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from neurolite_keras import memory_state
+from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
 
 # Score given to excluded slots before the softmax; their weight is then
@@ -41,20 +42,6 @@ def _first_max_one_hot(x):
     first = ops.cast(ops.cumsum(is_max, axis=-1) == 1, "int32")
     return is_max * first
 
-
-def _check_positive_float(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or value != value
-        or value == float("inf")
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive finite number. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="neurolite")
@@ -206,7 +193,7 @@ class AssociativeMemory(keras.layers.Layer):
         check_positive_int("num_memory_slots", num_memory_slots)
         check_positive_int("num_episodic_slots", num_episodic_slots)
         check_positive_int("key_size", key_size)
-        beta = _check_positive_float("beta", beta)
+        beta = check_positive_float("beta", beta)
         if (
             isinstance(num_labels, bool)
             or not isinstance(num_labels, int)
@@ -230,7 +217,7 @@ class AssociativeMemory(keras.layers.Layer):
                 "`centering_momentum` must be a number in [0, 1). "
                 f"Received: centering_momentum={centering_momentum!r}"
             )
-        layer_norm_epsilon = _check_positive_float(
+        layer_norm_epsilon = check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
         super().__init__(**kwargs)
@@ -861,7 +848,7 @@ class EpisodicLabelReadout(keras.layers.Layer):
 
     def __init__(self, num_labels, scale=16.0, margin=0.2, **kwargs):
         check_positive_int("num_labels", num_labels)
-        scale = _check_positive_float("scale", scale)
+        scale = check_positive_float("scale", scale)
         if (
             isinstance(margin, bool)
             or not isinstance(margin, (int, float))
