@@ -47,10 +47,10 @@ mechanics in about a minute, not the accuracy, and writes nothing unless
    mean of the 14 languages' test accuracies. The run uses fewer epochs
    than a full training (`--sib-epochs`), which the table says.
 
-   (The classifier `NeuroLiteForClassification` with memory classifies
-   with `EpisodicLabelReadout` on the memory's sentence query, which is
-   taken before the long-term read, so its logits do not depend on the
-   long-term slots; this part therefore builds the pooled classifier.)
+   (`NeuroLiteForClassification` with memory classifies with
+   `EpisodicLabelReadout`, a cosine head; this part builds a dense-head
+   pooled classifier instead so that the two models differ only by the
+   memory.)
 """
 
 import argparse
@@ -144,30 +144,28 @@ def readout_logits(model, features, margins):
     (`EpisodicLabelReadout`) is then called with each margin, which is all
     the margin changes.
     """
+    head = model.get_layer("head")
+    # The head's two inputs (query and label scores) as a model's outputs.
+    probe = keras.Model(model.input, head.input)
     total = len(features["padding_mask"])
     parts = []
     for start in range(0, total, 256):
         batch = {k: v[start : start + 256] for k, v in features.items()}
-        outputs = model.backbone(batch, training=False)
+        query, scores = probe(batch, training=False)
         parts.append(
-            {
-                k: keras.ops.convert_to_numpy(outputs[k])
-                for k in ("memory_sentence_query", "memory_label_scores")
-            }
+            (
+                keras.ops.convert_to_numpy(query),
+                keras.ops.convert_to_numpy(scores),
+            )
         )
-    hidden = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    head = model.get_layer("head")
+    query = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts])
     saved = head.margin
     logits = {}
     try:
         for margin in margins:
             head.margin = float(margin)
-            logits[margin] = keras.ops.convert_to_numpy(
-                head(
-                    hidden["memory_sentence_query"],
-                    hidden["memory_label_scores"],
-                )
-            )
+            logits[margin] = keras.ops.convert_to_numpy(head(query, scores))
     finally:
         head.margin = saved
     return logits

@@ -43,11 +43,15 @@ def feature_inputs(config, batch_size=None):
     length = config.max_sequence_length
     return {
         "hash_indices": keras.Input(
-            (length, config.num_hashes), batch_size=batch_size,
-            dtype="int32", name="hash_indices",
+            (length, config.num_hashes),
+            batch_size=batch_size,
+            dtype="int32",
+            name="hash_indices",
         ),
         "padding_mask": keras.Input(
-            (length,), batch_size=batch_size, dtype="int32",
+            (length,),
+            batch_size=batch_size,
+            dtype="int32",
             name="padding_mask",
         ),
     }
@@ -147,8 +151,10 @@ class NeuroLiteModel(keras.Model):
         config = _as_config(config)
         # === Layers ===
         projection = HashProjection(
-            config.bloom_filter_size, config.projection_size,
-            dropout_rate=config.hash_dropout_rate, name="hash_projection",
+            config.bloom_filter_size,
+            config.projection_size,
+            dropout_rate=config.hash_dropout_rate,
+            name="hash_projection",
         )
         bottleneck = keras.layers.Dense(config.hidden_size, name="bottleneck")
         bottleneck_norm = keras.layers.LayerNormalization(
@@ -195,9 +201,8 @@ class NeuroLiteModel(keras.Model):
         memory_input = x
         label_scores = None
         if memory is not None and num_memory_labels:
-            x, label_scores, sentence_query = memory(
-                x, padding_mask=padding_mask, return_label_scores=True,
-                return_sentence_query=True,
+            x, label_scores = memory(
+                x, padding_mask=padding_mask, return_label_scores=True
             )
         elif memory is not None:
             x = memory(x, padding_mask=padding_mask)
@@ -208,7 +213,6 @@ class NeuroLiteModel(keras.Model):
             outputs = {
                 "sequence_output": outputs,
                 "memory_label_scores": label_scores,
-                "memory_sentence_query": sentence_query,
             }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
@@ -240,7 +244,8 @@ class NeuroLiteModel(keras.Model):
         features = self.featurizer(check_texts(texts))
         hidden = self._experts_probe.predict_on_batch(features)
         _, usage = self.experts(
-            hidden, padding_mask=features["padding_mask"],
+            hidden,
+            padding_mask=features["padding_mask"],
             return_expert_usage=True,
         )
         return keras.ops.convert_to_numpy(usage["expert_fractions"])
@@ -249,10 +254,10 @@ class NeuroLiteModel(keras.Model):
         """Model inputs for `texts` (a str or a sequence of str)."""
         return self.featurizer(texts)
 
-    def __call__(self, *args, input_texts=None, update_memory=False,
-                 **kwargs):
-        return _call_on_texts(self, super().__call__, args, input_texts,
-                              update_memory, kwargs)
+    def __call__(self, *args, input_texts=None, update_memory=False, **kwargs):
+        return _call_on_texts(
+            self, super().__call__, args, input_texts, update_memory, kwargs
+        )
 
     # --- External memory ----------------------------------------------------
 
@@ -295,7 +300,8 @@ class NeuroLiteModel(keras.Model):
         features = self.featurizer(texts)
         hidden = self._memory_probe.predict_on_batch(features)
         _, attention = self.memory(
-            hidden, padding_mask=features["padding_mask"],
+            hidden,
+            padding_mask=features["padding_mask"],
             return_attention=True,
         )
         episodic = keras.ops.convert_to_numpy(attention)[
@@ -305,8 +311,10 @@ class NeuroLiteModel(keras.Model):
         for row in episodic:
             order = [j for j in np.argsort(-row) if self.memory_texts[j]]
             results.append(
-                [(self.memory_texts[j], int(j), float(row[j]))
-                 for j in order[:top_k]]
+                [
+                    (self.memory_texts[j], int(j), float(row[j]))
+                    for j in order[:top_k]
+                ]
             )
         return results
 
@@ -381,8 +389,14 @@ class NeuroLiteForClassification(keras.Model):
     (1, 2)
     """
 
-    def __init__(self, config=None, num_labels=None, label_names=None,
-                 rules=None, **kwargs):
+    def __init__(
+        self,
+        config=None,
+        num_labels=None,
+        label_names=None,
+        rules=None,
+        **kwargs,
+    ):
         config = _as_config(config)
         label_names = _check_labels(num_labels, label_names)
         num_labels = len(label_names)
@@ -400,16 +414,18 @@ class NeuroLiteForClassification(keras.Model):
         fusion = None
         if config.use_symbolic_module:
             fusion = SymbolicFusion(num_labels, name="rules")
+        head_query = None
         if memory_labels:
-            # A cosine head over the memory's key space, in which labelled
-            # episodic slots vote like trained label vectors.
-            # TODO: this head reads the memory's sentence query, which is
-            # computed before the memory is read, so in a classifier the
-            # gated read into the token stream (long-term slot values, the
-            # gate, the output projection, `final_norm`) gets no gradient
-            # and does not change the logits. Feeding the read back into
-            # the query without moving it away from the written keys'
-            # space needs a redesign of the readout.
+            # A cosine head in which labelled episodic slots vote like
+            # trained label vectors (see `EpisodicLabelReadout`). The
+            # trained vectors are matched against the pooled text after the
+            # memory read, so the long-term slots, the gate and the read
+            # train with the classifier; written examples are matched
+            # through the memory's label scores, in the key space they were
+            # written in.
+            head_query = keras.layers.Dense(
+                config.memory_key_size, name="head_query"
+            )
             head = EpisodicLabelReadout(num_labels, name="head")
         else:
             head = keras.layers.Dense(num_labels, name="head")
@@ -427,8 +443,11 @@ class NeuroLiteForClassification(keras.Model):
         backbone_inputs["padding_mask"] = padding_mask
         hidden = backbone(backbone_inputs)
         if memory_labels:
+            pooled = pooling(
+                hidden["sequence_output"], padding_mask=padding_mask
+            )
             logits = head(
-                hidden["memory_sentence_query"], hidden["memory_label_scores"]
+                head_query(dropout(pooled)), hidden["memory_label_scores"]
             )
         else:
             pooled = pooling(hidden, padding_mask=padding_mask)
@@ -457,10 +476,10 @@ class NeuroLiteForClassification(keras.Model):
             )
         return features
 
-    def __call__(self, *args, input_texts=None, update_memory=False,
-                 **kwargs):
-        return _call_on_texts(self, super().__call__, args, input_texts,
-                              update_memory, kwargs)
+    def __call__(self, *args, input_texts=None, update_memory=False, **kwargs):
+        return _call_on_texts(
+            self, super().__call__, args, input_texts, update_memory, kwargs
+        )
 
     # --- Rules and memory ---------------------------------------------------
 
@@ -500,8 +519,10 @@ class NeuroLiteForClassification(keras.Model):
     def explain(self, texts, top_k=3):
         """Per text: top labels, fired rules, expert usage, recalled slots."""
         texts = check_texts(texts)
-        results = [{"text": t, "labels": labels}
-                   for t, labels in zip(texts, self.classify(texts, top_k))]
+        results = [
+            {"text": t, "labels": labels}
+            for t, labels in zip(texts, self.classify(texts, top_k))
+        ]
         if self.config.use_symbolic_module:
             for result, fired in zip(results, self.rules.explain(texts)):
                 result["rules"] = fired
@@ -527,9 +548,11 @@ class NeuroLiteForClassification(keras.Model):
                     unknown.append(label)
                     continue
                 ids.append(index[label])
-            elif isinstance(label, (int, np.integer)) and not isinstance(
-                label, bool
-            ) and 0 <= label < self.num_labels:
+            elif (
+                isinstance(label, (int, np.integer))
+                and not isinstance(label, bool)
+                and 0 <= label < self.num_labels
+            ):
                 ids.append(int(label))
             else:
                 unknown.append(label)
@@ -543,8 +566,7 @@ class NeuroLiteForClassification(keras.Model):
 
     # --- Training and inference on raw text -------------------------------
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto",
-                **kwargs):
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """`keras.Model.compile` with defaults for text classification.
 
         `"auto"` means AdamW (learning rate 2e-3), sparse categorical
@@ -564,8 +586,9 @@ class NeuroLiteForClassification(keras.Model):
                     keras.metrics.SparseCategoricalAccuracy(name="accuracy")
                 ]
             }
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
+        )
 
     def compile_from_config(self, config):
         # Restores what `compile` was given when the model was saved.
@@ -575,12 +598,22 @@ class NeuroLiteForClassification(keras.Model):
         texts = check_texts(x, "x")
         labels = None if y is None else self.encode_labels(y)
         return TextBatches(
-            texts, labels, self.featurize, batch_size=batch_size or 32,
+            texts,
+            labels,
+            self.featurize,
+            batch_size=batch_size or 32,
             shuffle=shuffle,
         )
 
-    def fit(self, x=None, y=None, batch_size=None, validation_data=None,
-            shuffle=True, **kwargs):
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        validation_data=None,
+        shuffle=True,
+        **kwargs,
+    ):
         """`keras.Model.fit`, also on raw texts and label names.
 
         With `x` a list of str and `y` labels, batches are featurized on the
@@ -592,9 +625,14 @@ class NeuroLiteForClassification(keras.Model):
             if validation_data is not None:
                 val_x, val_y = validation_data
                 validation_data = self._batches(val_x, val_y, x.batch_size)
-        return super().fit(x, y, batch_size=batch_size,
-                           validation_data=validation_data, shuffle=shuffle,
-                           **kwargs)
+        return super().fit(
+            x,
+            y,
+            batch_size=batch_size,
+            validation_data=validation_data,
+            shuffle=shuffle,
+            **kwargs,
+        )
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.evaluate`, also on raw texts and label names."""
@@ -609,8 +647,9 @@ class NeuroLiteForClassification(keras.Model):
             if not texts:
                 return {"logits": np.zeros((0, self.num_labels), "float32")}
             x, batch_size = self._batches(texts, batch_size=batch_size), None
-        return super().predict(x, batch_size=batch_size, verbose=verbose,
-                               **kwargs)
+        return super().predict(
+            x, batch_size=batch_size, verbose=verbose, **kwargs
+        )
 
     def predict_proba(self, texts, batch_size=64):
         """Class probabilities, `(len(texts), num_labels)` float32."""
@@ -651,6 +690,7 @@ class NeuroLiteForClassification(keras.Model):
             model.backbone.memory_texts = list(memory_texts)
         return model
 
+
 def _check_rules(rules, label_names):
     if rules is None:
         return RuleSet()
@@ -689,8 +729,11 @@ def _check_labels(num_labels, label_names):
     else:
         if num_labels is None:
             num_labels = 2
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) \
-                or num_labels < 1:
+        if (
+            isinstance(num_labels, bool)
+            or not isinstance(num_labels, int)
+            or num_labels < 1
+        ):
             raise ValueError(
                 "`num_labels` must be a positive integer. "
                 f"Received: num_labels={num_labels!r}"

@@ -43,7 +43,6 @@ def _first_max_one_hot(x):
     return is_max * first
 
 
-
 @keras.saving.register_keras_serializable(package="neurolite")
 class AssociativeMemory(keras.layers.Layer):
     """Modern-Hopfield associative memory read by every token.
@@ -787,34 +786,31 @@ class EpisodicLabelReadout(keras.layers.Layer):
     """Cosine classifier whose labels can be extended by episodic slots.
 
     A classification head for a model with an `AssociativeMemory` built
-    with `num_labels`: it classifies the memory's sentence query `q` (the
-    space the memory's keys live in) by its cosine with one learned weight
-    vector per label, and the prototype of a label's episodic slots (the
-    mean of their keys) counts as one more weight vector of that label. A
-    label the model never saw in training (it keeps a row in the head,
+    with `num_labels`. It scores each label twice and keeps the larger
+    score: by the cosine between a query `q` (in `NeuroLiteForClassification`,
+    a projection of the pooled text after the memory read) and one learned
+    weight vector per label, and by the memory's label score `s_l`, the
+    cosine between the text and the prototype (mean key) of the label's
+    episodic slots, measured in the key space the slots were written in.
+    A label the model never saw in training (it keeps a row in the head,
     which training pushes away from every text) is taught by writing a few
     labelled examples: a text closer to their prototype than to any trained
     label takes the new label; a text closer to a trained label keeps its
-    prediction. Nothing is retrained, and texts far from every written
-    example are classified exactly as before.
+    prediction. Nothing is retrained. A text far from every written example
+    keeps its trained scores, changed only by what the memory read adds to
+    its token stream, so by little when it attends little to the new slots.
 
     The logits are `scale * max(cos(q, w_l), s_l - margin)`, where `w_l`
-    is the label's weight and `s_l` the memory's label score (the cosine
-    between `q` and the label's prototype, `ABSENT_LABEL_SCORE` for a label
-    without slots). With no labelled slot they are exactly
+    is the label's weight and `s_l` is `ABSENT_LABEL_SCORE` for a label
+    without slots. With no labelled slot they are exactly
     `scale * cos(q, w_l)`, so training with an empty memory trains a plain
-    cosine classifier. Because trained weights and written keys are
-    compared in the same space and on the same scale, one knob decides the
-    competition: `margin`, by how much a written prototype must be closer
-    than a trained label to win. It trades accuracy on the new labels
-    against accuracy on the trained ones and only matters at inference
-    (`scale` does not change the argmax). Choose it on held-out data. On
-    Banking77 (`benchmarks/memory_new_labels.py`: a tiny model trained on
-    67 intents, 10 examples written for each of 10 others; dev split),
-    margin 0.3 kept the trained intents within one point of their
-    accuracy before the writes and got 36% of the new intents' sentences
-    right; 0.2 cost three points and got 60%; 0.0 cost 21 points and got
-    82%.
+    cosine classifier. Both scores are cosines on the same scale, so one
+    knob decides the competition: `margin`, by how much a written
+    prototype must be closer than a trained label to win. It trades
+    accuracy on the new labels against accuracy on the trained ones and
+    only matters at inference (`scale` does not change the argmax). Choose
+    it on held-out data, as `benchmarks/memory_new_labels.py` does (its
+    results, with the margin it chose, are in the README).
 
     Args:
         num_labels: int. Number of labels, trained and to be taught.
@@ -824,8 +820,8 @@ class EpisodicLabelReadout(keras.layers.Layer):
         **kwargs: base `Layer` arguments.
 
     Call arguments:
-        sentence_query: float tensor `(batch, key_size)`, from
-            `AssociativeMemory(..., return_sentence_query=True)`.
+        sentence_query: float tensor `(batch, query_size)`: the query
+            the trained label vectors are matched against.
         label_scores: float tensor `(batch, num_labels)`, from
             `AssociativeMemory(..., return_label_scores=True)`.
 

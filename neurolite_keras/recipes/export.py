@@ -553,17 +553,24 @@ def memory_serving_model(model):
     stateful = AssociativeMemory.from_config(memory.get_config())
     stateful.build(hidden.shape)
     stateful.set_weights(memory.get_weights())
-    _, attention, label_scores, query, new_state = stateful(
+    stream, attention, label_scores, new_state = stateful(
         hidden,
         padding_mask=inputs["padding_mask"],
         return_attention=True,
         return_label_scores=True,
-        return_sentence_query=True,
         state={name: inputs[name] for name in memory_state.STATE_FIELDS},
         write_mask=inputs["write_mask"],
         write_labels=inputs["write_labels"],
     )
-    logits = model.get_layer("head")(query, label_scores)
+    # The classifier's layers after the memory (head dropout is a no-op at
+    # inference).
+    stream = model.backbone.get_layer("final_norm")(stream)
+    pooled = model.get_layer("pooling")(
+        stream, padding_mask=inputs["padding_mask"]
+    )
+    logits = model.get_layer("head")(
+        model.get_layer("head_query")(pooled), label_scores
+    )
     if config.use_symbolic_module:
         inputs["rule_evidence"] = keras.Input(
             batch_shape=(1, 2, model.num_labels),
