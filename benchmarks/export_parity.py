@@ -23,7 +23,7 @@ import tempfile
 from neurolite_keras import atomic_io
 from neurolite_keras.datasets import load_sib200
 from neurolite_keras.recipes.export import export_model
-from neurolite_keras.recipes.export import parity_report
+from neurolite_keras.recipes.parity import parity_report
 
 VARIANTS = {
     "float32": {"quantization": "float32"},

@@ -31,7 +31,8 @@ from neurolite_keras.recipes import export as export_recipe
 from neurolite_keras.recipes.export import ExportError
 from neurolite_keras.recipes.export import UnsupportedOperatorError
 from neurolite_keras.recipes.export import export_model
-from neurolite_keras.recipes.export import parity_report
+from neurolite_keras.recipes.parity import parity_figures
+from neurolite_keras.recipes.parity import parity_report
 from neurolite_keras.tflite_ops import check_static_shapes
 from neurolite_keras.tflite_ops import float_operators
 from neurolite_keras.tflite_ops import list_operators
@@ -377,7 +378,7 @@ def test_rules_travel_in_the_sidecar_and_fire_in_litert(
 def test_parity_figures_checks_its_targets():
     keras_logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     tflite_logits = keras_logits + 1e-5
-    figures = export_recipe.parity_figures(
+    figures = parity_figures(
         keras_logits,
         tflite_logits,
         np.array([0, 1, 1]),
@@ -389,9 +390,7 @@ def test_parity_figures_checks_its_targets():
     assert figures["keras_accuracy"] == pytest.approx(0.5)
     assert figures["targets"] == {"logits_within_1e-4": True}
     flipped = tflite_logits[:, ::-1]
-    figures = export_recipe.parity_figures(
-        keras_logits, flipped, quantization="int8"
-    )
+    figures = parity_figures(keras_logits, flipped, quantization="int8")
     assert figures["targets"] == {"top1_agreement_at_least_0.99": False}
 
 

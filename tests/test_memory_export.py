@@ -13,6 +13,7 @@ from neurolite_keras import memory_state
 from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.models import NeuroLiteForClassification
 from neurolite_keras.recipes import export as export_recipe
+from neurolite_keras.recipes.memory_export import memory_serving_model
 
 TINY = {
     "max_sequence_length": 8,
@@ -85,7 +86,7 @@ def test_serving_model_matches_the_variable_model(classifier):
     """The explicit-state graph, in Keras on this backend, gives the
     variable model's logits and state after each write and read."""
     classifier.reset_memory()
-    serving = export_recipe.memory_serving_model(classifier)
+    serving = memory_serving_model(classifier)
     assert sorted(serving.input) == sorted(
         ["hash_indices", "padding_mask", "write_mask", "write_labels"]
         + list(memory_state.STATE_FIELDS)
@@ -119,7 +120,7 @@ def test_serving_model_matches_the_variable_model(classifier):
     # Four texts were written into three slots: one was replaced.
     assert state["episodic_step"][0] > 4
     with pytest.raises(ValueError, match="no episodic memory"):
-        export_recipe.memory_serving_model(
+        memory_serving_model(
             NeuroLiteForClassification(
                 NeuroLiteConfig.tiny(**{**TINY, "use_external_memory": False})
             )

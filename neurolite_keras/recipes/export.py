@@ -7,6 +7,12 @@ beside it, `FILE.tflite.json` (the sidecar: featurizer settings, label
 names, tensors, quantization and golden featurizer vectors), which
 `LiteRTClassifier` reads to classify raw text with no `.keras` file.
 
+This module holds the conversion (`convert_model`, its operator and shape
+checks, `static_input_signature`), the sidecar, the TensorFlow subprocess
+and `export_model`. Beside it in `neurolite_keras.recipes`: `qat` (the
+quantization-aware fine-tune), `memory_export` (the episodic memory as
+explicit state) and `parity` (the `.tflite` against the `.keras` model).
+
 Quantization modes:
 
 - `"float32"`: no quantization; logits match Keras within 1e-5.
@@ -17,7 +23,8 @@ Quantization modes:
   accelerators such as Android NNAPI that reject per-channel fully
   connected weights); activations are int8, with ranges calibrated on real
   sentences. With `qat_epochs > 0` the model is first fine-tuned with fake
-  int8 weights (`QuantizationAwareModel`) on the given training texts, on
+  int8 weights (`QuantizationAwareModel`, through
+  `qat.quantization_aware_fine_tune`) on the given training texts, on
   whichever backend is active.
 
 Inputs and outputs: the model's inputs stay int32 in every mode
@@ -28,11 +35,12 @@ logits (the graph ends with one dequantize), or int8 with
 and the sequence length are static.
 
 A classifier with episodic memory (`use_external_memory=True`) exports
-its memory as explicit state (`memory_serving_model`): the five state
-arrays of `neurolite_keras.memory_state` are extra inputs, their updated
-values `new_<name>` extra outputs, and `write_mask` / `write_labels` say
-whether a call also writes its text, so an app keeps the state, feeds it
-back and saves it (`LiteRTClassifier.write_memory`, `save_memory_state`).
+its memory as explicit state (`memory_export.memory_serving_model`): the
+five state arrays of `neurolite_keras.memory_state` are extra inputs,
+their updated values `new_<name>` extra outputs, and `write_mask` /
+`write_labels` say whether a call also writes its text, so an app keeps
+the state, feeds it back and saves it (`LiteRTClassifier.write_memory`,
+`save_memory_state`).
 The `.tflite` file starts from an empty memory: the contents of the
 `.keras` model's memory travel as a `.npz` state file
 (`model.save_memory_state`, then `LiteRTClassifier.load_memory_state`).
@@ -63,18 +71,22 @@ import keras
 import numpy as np
 
 from neurolite_keras import atomic_io
-from neurolite_keras import memory_state
 from neurolite_keras.featurizer import check_texts
-from neurolite_keras.layers.memory import AssociativeMemory
 from neurolite_keras.litert_runner import MEMORY_SIDECAR_VERSION
-from neurolite_keras.litert_runner import MEMORY_STATE_OUTPUT_PREFIX
 from neurolite_keras.litert_runner import SIDECAR_FORMAT
 from neurolite_keras.litert_runner import SIDECAR_VERSION
 from neurolite_keras.litert_runner import SIGNATURE_KEY
 from neurolite_keras.litert_runner import LiteRTClassifier
 from neurolite_keras.litert_runner import sidecar_path
-from neurolite_keras.quantization import QuantizationAwareModel
 from neurolite_keras.quantization import check_quantization
+from neurolite_keras.recipes.memory_export import MEMORY_INPUT_DESCRIPTIONS
+from neurolite_keras.recipes.memory_export import _memory_sidecar
+from neurolite_keras.recipes.memory_export import memory_layer
+from neurolite_keras.recipes.memory_export import memory_serving_model
+from neurolite_keras.recipes.parity import _keras_logits
+from neurolite_keras.recipes.parity import _label_ids
+from neurolite_keras.recipes.parity import parity_figures
+from neurolite_keras.recipes.qat import quantization_aware_fine_tune
 from neurolite_keras.tflite_ops import check_builtin_only
 from neurolite_keras.tflite_ops import check_static_shapes
 from neurolite_keras.tflite_ops import operator_counts
@@ -148,90 +160,6 @@ class ExportResult:
     parity: dict = None
     calibration_parity: dict = None
     qat: dict = None
-
-
-# --- Quantization-aware fine-tuning ---------------------------------------
-
-
-def quantization_aware_fine_tune(
-    model,
-    texts,
-    labels=None,
-    epochs=1,
-    per_channel=True,
-    distillation=1.0,
-    batch_size=32,
-    learning_rate=1e-5,
-    verbose=0,
-):
-    """Fine-tunes a classifier in place with fake int8 weights.
-
-    Wraps `model` in a `QuantizationAwareModel`, sets its output range from
-    a first batch, and trains it with AdamW on the active backend. The
-    targets are soft: a mix of the float model's own predictions, taken
-    before fine-tuning (self-distillation, weight `distillation`), and the
-    one-hot labels (weight `1 - distillation`). Distillation keeps the
-    quantized model's decisions close to the float model's, which is what
-    the export's parity targets measure. `model`'s own variables are
-    updated: export it afterwards with the same `per_channel`.
-
-    Args:
-        model: a `NeuroLiteForClassification`.
-        texts: list of str, training texts.
-        labels: their labels (names or ids); needed when `distillation`
-            is below 1.
-        epochs: int. Defaults to `1`.
-        per_channel: bool. Weight scales per output unit or per tensor.
-        distillation: float in [0, 1]. Defaults to `1.0`.
-        batch_size: int. Defaults to `32`.
-        learning_rate: float. Small, so that the model stays close to the
-            float one it starts from. Defaults to `1e-5`.
-        verbose: Keras' progress setting. Defaults to `0`.
-
-    Returns:
-        The Keras `History`.
-    """
-    texts = check_texts(texts, "train_texts")
-    if not texts:
-        raise ValueError("Quantization-aware training needs training texts.")
-    if (
-        isinstance(distillation, bool)
-        or not isinstance(distillation, (int, float))
-        or not 0.0 <= distillation <= 1.0
-    ):
-        raise ValueError(
-            "`distillation` must be a number in [0, 1]. "
-            f"Received: distillation={distillation!r}"
-        )
-    features = model.featurize(texts)
-    teacher = model.predict(features, batch_size=64, verbose=0)["logits"]
-    teacher = np.asarray(teacher, dtype="float64")
-    teacher = np.exp(teacher - teacher.max(axis=1, keepdims=True))
-    targets = distillation * teacher / teacher.sum(axis=1, keepdims=True)
-    if distillation < 1.0:
-        if labels is None:
-            raise ValueError(
-                f"distillation={distillation} mixes in the labels: pass "
-                "`labels`."
-            )
-        ids = model.encode_labels(labels)
-        if len(ids) != len(texts):
-            raise ValueError(f"Got {len(texts)} texts but {len(ids)} labels.")
-        targets += (1.0 - distillation) * np.eye(model.num_labels)[ids]
-    qat = QuantizationAwareModel(model, per_channel=per_channel)
-    qat.calibrate({name: value[:64] for name, value in features.items()})
-    qat.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=0.0),
-        loss={"logits": keras.losses.CategoricalCrossentropy(from_logits=True)},
-    )
-    return qat.fit(
-        features,
-        {"logits": targets.astype("float32")},
-        batch_size=batch_size,
-        epochs=epochs,
-        shuffle=True,
-        verbose=verbose,
-    )
 
 
 # --- Conversion (TensorFlow backend) ---------------------------------------
@@ -446,26 +374,7 @@ def _representative_dataset(features, specs):
     return generate
 
 
-# --- The episodic memory as explicit state ---------------------------------
-
-MEMORY_INPUT_DESCRIPTIONS = {
-    "write_mask": "1.0 to write this text into episodic memory, 0.0 to "
-    "only read",
-    "write_labels": "label id of the text written (-1: none)",
-    **{
-        name: f"episodic memory state `{name}` (see "
-        "neurolite_keras.memory_state); feed back the `new_` output"
-        for name in memory_state.STATE_FIELDS
-    },
-}
-
-
-def memory_layer(model):
-    """The classifier's `AssociativeMemory`, or `None` without one."""
-    config = getattr(model, "config", None)
-    if config is None or not config.use_external_memory:
-        return None
-    return model.backbone.memory
+# --- Writing the `.tflite` file and its sidecar -------------------------------
 
 
 def _check_memory_quantization(quantization):
@@ -485,133 +394,6 @@ def _check_memory_quantization(quantization):
             "other slots and the state no longer follows the Keras model. "
             "Pass quantization='float32' (or --quantization float32)."
         )
-
-
-def memory_serving_model(model):
-    """The classifier as TFLite runs it: episodic state in, new state out.
-
-    Builds a functional model over the same layers (so the same weights)
-    as `model`, batch 1, whose memory reads the state given as inputs and
-    returns the updated state instead of changing its variables (the
-    explicit-state form of `AssociativeMemory`). One call reads one text
-    and, when `write_mask` is 1, also writes it with label `write_labels`.
-
-    Inputs: `hash_indices`, `padding_mask` (as the featurizer gives them,
-    batch 1), `write_mask` float32 `(1,)`, `write_labels` int32 `(1,)`,
-    and the five state arrays of `neurolite_keras.memory_state`, shaped by
-    slot (no batch dimension); with a symbolic module also
-    `rule_evidence`. Outputs: `logits`, `memory_attention` (the
-    sentence-level retrieval weights, long-term slots first) and
-    `new_<name>` for each state array.
-
-    Args:
-        model: a `NeuroLiteForClassification` built with
-            `use_external_memory=True`.
-
-    Returns:
-        A `keras.Model`.
-    """
-    memory = memory_layer(model)
-    if memory is None:
-        raise ValueError(
-            f"{model.name!r} has no episodic memory: build it with "
-            "`config.use_external_memory = True`."
-        )
-    config = model.config
-    length = config.max_sequence_length
-    inputs = {
-        "hash_indices": keras.Input(
-            batch_shape=(1, length, config.num_hashes),
-            dtype="int32",
-            name="hash_indices",
-        ),
-        "padding_mask": keras.Input(
-            batch_shape=(1, length), dtype="int32", name="padding_mask"
-        ),
-        "write_mask": keras.Input(
-            batch_shape=(1,), dtype="float32", name="write_mask"
-        ),
-        "write_labels": keras.Input(
-            batch_shape=(1,), dtype="int32", name="write_labels"
-        ),
-    }
-    shapes = memory_state.memory_state_shapes(
-        memory.num_episodic_slots, memory.key_size, memory.value_size
-    )
-    for name in memory_state.STATE_FIELDS:
-        inputs[name] = keras.Input(
-            batch_shape=shapes[name],
-            dtype="float32" if name in memory_state.FLOAT_FIELDS else "int32",
-            name=name,
-        )
-    features = {k: inputs[k] for k in ("hash_indices", "padding_mask")}
-    # The backbone up to the memory's input, sharing its layers.
-    hidden = model.backbone._memory_probe(features)
-    # A copy of the memory with the same weights: a functional model checks
-    # its graph with the output structure of a layer's first call, which
-    # for the classifier's memory has no state outputs.
-    stateful = AssociativeMemory.from_config(memory.get_config())
-    stateful.build(hidden.shape)
-    stateful.set_weights(memory.get_weights())
-    stream, attention, label_scores, new_state = stateful(
-        hidden,
-        padding_mask=inputs["padding_mask"],
-        return_attention=True,
-        return_label_scores=True,
-        state={name: inputs[name] for name in memory_state.STATE_FIELDS},
-        write_mask=inputs["write_mask"],
-        write_labels=inputs["write_labels"],
-    )
-    # The classifier's layers after the memory (head dropout is a no-op at
-    # inference).
-    stream = model.backbone.get_layer("final_norm")(stream)
-    pooled = model.get_layer("pooling")(
-        stream, padding_mask=inputs["padding_mask"]
-    )
-    logits = model.get_layer("head")(
-        model.get_layer("head_query")(pooled), label_scores
-    )
-    if config.use_symbolic_module:
-        inputs["rule_evidence"] = keras.Input(
-            batch_shape=(1, 2, model.num_labels),
-            dtype="float32",
-            name="rule_evidence",
-        )
-        logits = model.get_layer("rules")(logits, inputs["rule_evidence"])
-    outputs = {"logits": logits, "memory_attention": attention}
-    for name in memory_state.STATE_FIELDS:
-        outputs[MEMORY_STATE_OUTPUT_PREFIX + name] = new_state[name]
-    return keras.Model(inputs, outputs, name=f"{model.name}_with_state")
-
-
-def _memory_sidecar(memory):
-    """The sidecar's `memory` section: sizes and tensor names."""
-    shapes = memory_state.memory_state_shapes(
-        memory.num_episodic_slots, memory.key_size, memory.value_size
-    )
-    return {
-        "num_memory_slots": memory.num_memory_slots,
-        "num_episodic_slots": memory.num_episodic_slots,
-        "key_size": memory.key_size,
-        "value_size": memory.value_size,
-        "num_labels": memory.num_labels,
-        "state_format": memory_state.FORMAT_VERSION,
-        "write_mask_input": "write_mask",
-        "write_labels_input": "write_labels",
-        "attention_output": "memory_attention",
-        "state": [
-            {
-                "name": name,
-                "input": name,
-                "output": MEMORY_STATE_OUTPUT_PREFIX + name,
-                "shape": list(shapes[name]),
-                "dtype": "float32"
-                if name in memory_state.FLOAT_FIELDS
-                else "int32",
-            }
-            for name in memory_state.STATE_FIELDS
-        ],
-    }
 
 
 def _tensor_details(details):
@@ -1143,185 +925,6 @@ def _worker(request_path, result_path):
 
 
 # --- Parity ----------------------------------------------------------------
-
-
-def _keras_logits(model, texts):
-    outputs = model.predict(list(texts), verbose=0)
-    return np.asarray(outputs["logits"], dtype="float32")
-
-
-def _label_ids(model, labels):
-    if labels is None:
-        return None
-    index = {name: i for i, name in enumerate(model.label_names)}
-    return np.array(
-        [
-            index.get(str(label), label if isinstance(label, int) else -1)
-            for label in labels
-        ]
-    )
-
-
-def parity_figures(
-    keras_logits,
-    tflite_logits,
-    label_ids=None,
-    languages=None,
-    quantization=None,
-):
-    """How closely TFLite logits follow Keras logits on the same texts.
-
-    Args:
-        keras_logits, tflite_logits: float arrays `(n, num_labels)`.
-        label_ids: optional int array `(n,)` of true labels (-1 for labels
-            the model does not know, which count as errors).
-        languages: optional list of `n` language tags: accuracies are then
-            the mean over languages, as in the project's SIB-200 figures.
-        quantization: optional mode, which picks the targets checked.
-
-    Returns:
-        A dict with `num_texts`, `max_abs_logit_difference`,
-        `mean_abs_logit_difference`, `top1_agreement`, with labels
-        `keras_accuracy`, `tflite_accuracy` and `accuracy_drop` (fractions,
-        0.01 is one point), with languages `per_language`, and `targets`:
-        each target of the export recipe and whether it is met.
-    """
-    keras_logits = np.asarray(keras_logits, dtype="float64")
-    tflite_logits = np.asarray(tflite_logits, dtype="float64")
-    if keras_logits.shape != tflite_logits.shape or not len(keras_logits):
-        raise ValueError(
-            "Need two logit arrays of one non-empty shape. Received "
-            f"{keras_logits.shape} and {tflite_logits.shape}."
-        )
-    keras_top = keras_logits.argmax(axis=1)
-    tflite_top = tflite_logits.argmax(axis=1)
-    difference = np.abs(keras_logits - tflite_logits)
-    groups = None
-    if languages is not None:
-        languages = np.asarray(languages)
-        groups = list(dict.fromkeys(languages.tolist()))
-
-    def mean_over(values):
-        if groups is None:
-            return float(values.mean())
-        return float(np.mean([values[languages == g].mean() for g in groups]))
-
-    figures = {
-        "num_texts": int(len(keras_logits)),
-        "max_abs_logit_difference": float(difference.max()),
-        "mean_abs_logit_difference": float(difference.mean()),
-        "top1_agreement": mean_over(keras_top == tflite_top),
-    }
-    targets = {}
-    if label_ids is not None:
-        label_ids = np.asarray(label_ids)
-        keras_accuracy = mean_over(keras_top == label_ids)
-        tflite_accuracy = mean_over(tflite_top == label_ids)
-        figures["keras_accuracy"] = keras_accuracy
-        figures["tflite_accuracy"] = tflite_accuracy
-        figures["accuracy_drop"] = keras_accuracy - tflite_accuracy
-    if groups is not None:
-        figures["per_language"] = {
-            g: {
-                "top1_agreement": float(
-                    (keras_top == tflite_top)[languages == g].mean()
-                ),
-                **(
-                    {
-                        "keras_accuracy": float(
-                            (keras_top == label_ids)[languages == g].mean()
-                        ),
-                        "tflite_accuracy": float(
-                            (tflite_top == label_ids)[languages == g].mean()
-                        ),
-                    }
-                    if label_ids is not None
-                    else {}
-                ),
-            }
-            for g in groups
-        }
-    if quantization == "float32":
-        targets["logits_within_1e-4"] = (
-            figures["max_abs_logit_difference"] <= 1e-4
-        )
-    elif quantization == "int8":
-        targets["top1_agreement_at_least_0.99"] = (
-            figures["top1_agreement"] >= 0.99
-        )
-        if label_ids is not None:
-            targets["accuracy_drop_at_most_0.01"] = (
-                figures["accuracy_drop"] <= 0.01
-            )
-    figures["targets"] = targets
-    return figures
-
-
-def parity_report(
-    keras_model_path,
-    tflite_path,
-    texts,
-    labels=None,
-    languages=None,
-    num_threads=1,
-):
-    """Parity of an exported `.tflite` with its float `.keras` model.
-
-    Runs both on `texts` (the Keras model on the active backend, the
-    `.tflite` through `LiteRTClassifier`) and compares their logits and,
-    with `labels`, their accuracies. For an int8 export the targets are
-    top-1 agreement of at least 99% and an accuracy at most one point
-    lower; for float32, logits within 1e-4.
-
-    Args:
-        keras_model_path: the float `.keras` model.
-        tflite_path: its export (with its sidecar beside it).
-        texts: list of str, for example a SIB-200 test split's texts.
-        labels: optional labels (names) of `texts`.
-        languages: optional language of each text (SIB-200 splits carry
-            them): accuracies are then means over languages.
-        num_threads: int. Interpreter threads.
-
-    Returns:
-        The dict of `parity_figures`, plus `quantization`, `keras_model`
-        and `tflite_model`.
-    """
-    from neurolite_keras.models import load_model
-
-    texts = check_texts(texts)
-    if not texts:
-        raise ValueError("parity_report needs at least one text.")
-    if labels is not None and len(labels) != len(texts):
-        raise ValueError(f"Got {len(texts)} texts but {len(labels)} labels.")
-    if languages is not None and len(languages) != len(texts):
-        raise ValueError(
-            f"Got {len(texts)} texts but {len(languages)} languages."
-        )
-    runner = LiteRTClassifier(tflite_path, num_threads=num_threads)
-    model = load_model(keras_model_path)
-    if list(model.label_names) != runner.label_names:
-        raise ValueError(
-            f"{keras_model_path!r} and {tflite_path!r} have different label "
-            f"names: {list(model.label_names)} vs {runner.label_names}."
-        )
-    quantization = runner.metadata.get("quantization", {}).get("mode")
-    figures = parity_figures(
-        _keras_logits(model, texts),
-        runner.predict_logits(texts),
-        _label_ids(model, labels),
-        languages,
-        quantization,
-    )
-    figures.update(
-        {
-            "quantization": quantization,
-            "keras_model": os.fspath(keras_model_path),
-            "tflite_model": os.fspath(tflite_path),
-        }
-    )
-    return figures
-
-
 def main(argv=None):
     """Entry of the conversion subprocess (not a user command: use
     `neurolite export`)."""
