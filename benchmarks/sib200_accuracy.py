@@ -139,10 +139,10 @@ def fasttext_style(data, epochs=15, buckets=1 << 17, dim=32, seed=0):
     return result
 
 
-def neurolite(data, preset, epochs, batch_size, mixer=None):
+def neurolite(data, preset, epochs, batch_size, mixer=None, overrides=None):
     from neurolite_keras.recipes.train import train_classifier
 
-    config = NeuroLiteConfig.preset(preset)
+    config = NeuroLiteConfig.preset(preset, **(overrides or {}))
     if mixer:
         config.mixer_type = mixer
     _, metrics = train_classifier(
@@ -171,10 +171,20 @@ def summarize_run(metrics):
     }
 
 
-def model_name(preset, mixer):
-    if preset in ("tiny", "small", "base") and not mixer:
-        mixer = NeuroLiteConfig.preset(preset).mixer_type
-    return f"NeuroLite-{preset} ({mixer})"
+def model_name(preset, mixer, config=None):
+    """`NeuroLite-tiny (mlp, 16,384 x 32 Bloom projection)`: the row name.
+
+    The projection's shape is part of the name because the presets changed
+    it (from 4,096 x 128 in tiny), so rows of runs made with different
+    presets stay apart.
+    """
+    if config is None:
+        config = NeuroLiteConfig.preset(preset).get_config()
+    mixer = mixer or config["mixer_type"]
+    return (
+        f"NeuroLite-{preset} ({mixer}, {config['bloom_filter_size']:,} x "
+        f"{config['projection_size']} Bloom projection)"
+    )
 
 
 def preset_of(config):
@@ -256,9 +266,9 @@ def epoch_seconds(backend, data_dir, steps=30):
 
 def markdown(results):
     rows = [
-        "| model | parameters | SIB-200 mean (14 langs) | French | "
+        "| model | parameters | languages | SIB-200 test mean | French | "
         "train seconds | epochs (best) | backend |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results["models"].items():
         params = r.get("num_parameters")
@@ -269,6 +279,7 @@ def markdown(results):
         )
         rows.append(
             f"| {name} | {f'{params:,}' if params else '-'} | "
+            f"{len(r.get('per_language', {})) or '-'} | "
             f"{r['test_accuracy']:.3f} | {r['french']:.3f} | "
             f"{r['train_seconds']:.0f} | {epochs} | "
             f"{r.get('backend', '-')} |"
@@ -313,6 +324,17 @@ def main():
         "comma separated, whose metrics.json to report instead of training "
         "again (preset and mixer are read from the run's config)",
     )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="JSON file of NeuroLiteConfig fields that override each preset "
+        "(as `neurolite train --config`)",
+    )
+    parser.add_argument(
+        "--languages",
+        default=None,
+        help="comma-separated SIB-200 languages (default: all 14)",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--baselines", default="tfidf_svm,fasttext")
@@ -321,7 +343,16 @@ def main():
     )
     args = parser.parse_args()
 
-    data = load_sib200(args.data_dir)
+    overrides = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as file:
+            overrides = json.load(file)
+        if not isinstance(overrides, dict):
+            parser.error(f"{args.config} must hold a JSON object of fields")
+    languages = None
+    if args.languages:
+        languages = [lang.strip() for lang in args.languages.split(",")]
+    data = load_sib200(args.data_dir, languages=languages)
     results = {"models": {}, "command": " ".join(sys.argv)}
     path = os.path.join(args.output_dir, "sib200_accuracy.json")
     if os.path.exists(path):  # Resume: keep figures of an earlier run.
@@ -351,13 +382,14 @@ def main():
         summary = summarize_run(metrics)
         preset = preset_of(metrics["config"])
         summary["source"] = f"neurolite train run in {folder}"
-        results["models"][model_name(preset, summary["mixer"])] = summary
+        name = model_name(preset, summary["mixer"], metrics["config"])
+        results["models"][name] = summary
         save()
     for entry in filter(None, args.models.split(",")):
         preset, _, mixer = entry.partition(":")
         name = model_name(preset, mixer)
         results["models"][name] = neurolite(
-            data, preset, args.epochs, args.batch_size, mixer or None
+            data, preset, args.epochs, args.batch_size, mixer or None, overrides
         )
         print(name, results["models"][name]["test_accuracy"])
         save()
