@@ -6,6 +6,7 @@ The same code trains under `KERAS_BACKEND=tensorflow`, `jax` or `torch`.
 from neurolite_keras import layers
 from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.featurizer import TextFeaturizer
+from neurolite_keras.litert_runner import LiteRTClassifier
 from neurolite_keras.models import NeuroLiteForClassification
 from neurolite_keras.models import NeuroLiteModel
 from neurolite_keras.models import load_model

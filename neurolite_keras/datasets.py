@@ -181,14 +181,20 @@ def _dataset_root(dataset, relative_paths, data_dir=None, download=True):
 
 
 def _split_dev(split, seed=0, fraction=_DEV_FRACTION):
-    """Takes a stratified `fraction` of `split` as a dev set."""
+    """Takes a stratified `fraction` of `split` as a dev set.
+
+    Each label gives at least one example to dev and keeps at least one for
+    training: a label with a single example stays in train only (so the
+    dev set may lack it, or be empty if every label is that rare).
+    """
     rng = np.random.default_rng(seed)
     labels = np.array(split.labels)
     dev = []
     for label in sorted(set(split.labels)):
         members = np.flatnonzero(labels == label)
         rng.shuffle(members)
-        dev.extend(members[: max(1, int(round(len(members) * fraction)))])
+        size = max(1, int(round(len(members) * fraction)))
+        dev.extend(members[: min(size, len(members) - 1)])
     dev_set = set(int(i) for i in dev)
     train = [i for i in range(len(split)) if i not in dev_set]
     return split.subset(train), split.subset(sorted(dev_set))
@@ -231,7 +237,10 @@ def load_sib200(data_dir=None, languages=None, download=True):
                 langs.append(lang)
         result[split] = TextSplit(texts, labels, langs)
     return TextClassificationData(
-        "sib200", list(SIB200_LABELS), result["train"], result["dev"],
+        "sib200",
+        list(SIB200_LABELS),
+        result["train"],
+        result["dev"],
         result["test"],
     )
 
@@ -241,8 +250,10 @@ def load_banking77(data_dir=None, download=True, seed=0):
 
     The source has no dev split: a stratified tenth of train is held out.
     """
-    paths = [f"banking77/{name}" for name in
-             ("train.csv", "test.csv", "categories.json")]
+    paths = [
+        f"banking77/{name}"
+        for name in ("train.csv", "test.csv", "categories.json")
+    ]
     root = _dataset_root("banking77", paths, data_dir, download)
     folder = root / "banking77"
     label_names = json.loads((folder / "categories.json").read_text("utf-8"))
@@ -413,14 +424,25 @@ def load_text_file(path, text_column="text", label_column="label"):
 def load_text_files(train_file, dev_file=None, test_file=None, **columns):
     """Builds a data set from the user's files (see `load_text_file`).
 
-    Without a dev file a stratified tenth of train is used; without a test
-    file the dev split doubles as test. Label names are sorted.
+    Without a dev file a stratified tenth of train is used (a label with a
+    single example stays in train); without a test file the dev split
+    doubles as test. Label names are sorted.
+
+    Raises:
+        ValueError: besides `load_text_file`'s errors, no dev file and no
+            label with two examples or more to hold one out.
     """
     train = load_text_file(train_file, **columns)
     if dev_file:
         dev = load_text_file(dev_file, **columns)
     else:
         train, dev = _split_dev(train)
+        if not len(dev):
+            raise ValueError(
+                f"{train_file}: no label has two examples or more, so no "
+                "dev split can be held out of it; give a dev file "
+                "(--dev-file)."
+            )
     test = load_text_file(test_file, **columns) if test_file else dev
     label_names = sorted(set(train.labels))
     return TextClassificationData("custom", label_names, train, dev, test)

@@ -3,6 +3,8 @@
 `NeuroLiteConfig`."""
 
 import os
+import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -23,6 +25,7 @@ from neurolite_keras.layers.routing import MixtureOfExperts
 from neurolite_keras.layers.symbolic import SymbolicFusion
 from neurolite_keras.rules import RuleSet
 from neurolite_keras.text_batches import TextBatches
+from neurolite_keras.validation import check_positive_int
 
 
 def _as_config(config):
@@ -101,6 +104,14 @@ def _call_on_texts(model, call, args, input_texts, update_memory, kwargs):
     if update_memory:
         model.write_memory(input_texts)
     return call(model.featurize(input_texts), **kwargs)
+
+
+def _check_x_given(x):
+    if x is None:
+        raise ValueError(
+            "`x` is required: a list of str, or a dict of feature arrays. "
+            "Received: x=None"
+        )
 
 
 def _is_texts(x):
@@ -591,8 +602,13 @@ class NeuroLiteForClassification(keras.Model):
         )
 
     def compile_from_config(self, config):
-        # Restores what `compile` was given when the model was saved.
-        return super().compile_from_config(config)
+        # Restores what `compile` was given when the model was saved (Keras'
+        # own version skips, with a warning, a model whose `compile` is
+        # overridden, and then the loaded model cannot `evaluate`).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            # So that the saved optimizer variables load into it.
+            self.optimizer.build(self.trainable_variables)
 
     def _batches(self, x, y=None, batch_size=None, shuffle=False):
         texts = check_texts(x, "x")
@@ -601,9 +617,37 @@ class NeuroLiteForClassification(keras.Model):
             texts,
             labels,
             self.featurize,
-            batch_size=batch_size or 32,
+            batch_size=32 if batch_size is None else batch_size,
             shuffle=shuffle,
         )
+
+    def _labelled_batches(
+        self, x, y, batch_size=None, shuffle=False, names=("x", "y")
+    ):
+        """`_batches` of labelled texts, checked before Keras sees them.
+
+        A Keras loop that fails midway can leave a JAX model without its
+        weights, so whatever can be checked is checked here.
+        """
+        x_name, y_name = names
+        texts = check_texts(x, x_name)
+        if y is None:
+            raise ValueError(
+                f"`{y_name}` is required with raw texts: one label (name or "
+                f"id) per text of `{x_name}`. Received: {y_name}=None"
+            )
+        if not texts:
+            raise ValueError(
+                f"`{x_name}` is empty: at least one text is needed. "
+                f"Received: {x_name}={x!r}"
+            )
+        labels = self.encode_labels(y)
+        if len(labels) != len(texts):
+            raise ValueError(
+                f"`{x_name}` has {len(texts)} text(s) but `{y_name}` has "
+                f"{len(labels)} label(s)."
+            )
+        return self._batches(texts, labels, batch_size, shuffle=shuffle)
 
     def fit(
         self,
@@ -617,14 +661,36 @@ class NeuroLiteForClassification(keras.Model):
         """`keras.Model.fit`, also on raw texts and label names.
 
         With `x` a list of str and `y` labels, batches are featurized on the
-        fly; `validation_data` may then be a `(texts, labels)` pair.
+        fly; `validation_data` may then be a `(texts, labels)` pair. Raw
+        texts are checked before Keras runs (labels given, at least one
+        text, one label per text), and so is `epochs`: a bad call raises a
+        `ValueError` and leaves the model as it was.
         """
+        check_positive_int("epochs", kwargs.get("epochs", 1))
+        _check_x_given(x)
+        # TODO: feature dicts are left to Keras' own checks. Under JAX a
+        # Keras `fit` whose first step raises cannot put the weights back
+        # (it drops them before that step), so the model stays broken.
         if _is_texts(x):
-            x = self._batches(x, y, batch_size, shuffle=shuffle)
+            x = self._labelled_batches(x, y, batch_size, shuffle=shuffle)
             y = batch_size = None
             if validation_data is not None:
+                if (
+                    not isinstance(validation_data, (tuple, list))
+                    or len(validation_data) != 2
+                ):
+                    raise ValueError(
+                        "With raw texts, `validation_data` must be a "
+                        "`(texts, labels)` pair. Received: "
+                        f"{type(validation_data).__name__}"
+                    )
                 val_x, val_y = validation_data
-                validation_data = self._batches(val_x, val_y, x.batch_size)
+                validation_data = self._labelled_batches(
+                    val_x,
+                    val_y,
+                    x.batch_size,
+                    names=("validation_data[0]", "validation_data[1]"),
+                )
         return super().fit(
             x,
             y,
@@ -635,13 +701,23 @@ class NeuroLiteForClassification(keras.Model):
         )
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
-        """`keras.Model.evaluate`, also on raw texts and label names."""
+        """`keras.Model.evaluate`, also on raw texts and label names.
+
+        Raw texts are checked as in `fit`.
+        """
+        _check_x_given(x)
         if _is_texts(x):
-            x, y, batch_size = self._batches(x, y, batch_size), None, None
+            x = self._labelled_batches(x, y, batch_size)
+            y = batch_size = None
         return super().evaluate(x, y, batch_size=batch_size, **kwargs)
 
     def predict(self, x, batch_size=None, verbose="auto", **kwargs):
-        """`keras.Model.predict`, also on raw texts: returns `{"logits"}`."""
+        """`keras.Model.predict`, also on raw texts: returns `{"logits"}`.
+
+        An empty list of texts gives logits of shape `(0, num_labels)`;
+        `x=None` raises a `ValueError`.
+        """
+        _check_x_given(x)
         if _is_texts(x):
             texts = check_texts(x, "x")
             if not texts:
@@ -659,7 +735,7 @@ class NeuroLiteForClassification(keras.Model):
     def classify(self, texts, top_k=1, batch_size=64):
         """The `top_k` (label, probability) pairs of each text, best first."""
         probabilities = self.predict_proba(texts, batch_size=batch_size)
-        top_k = max(1, min(int(top_k), self.num_labels))
+        top_k = min(check_positive_int("top_k", top_k), self.num_labels)
         order = np.argsort(-probabilities, axis=1)[:, :top_k]
         return [
             [(self.label_names[j], float(row[j])) for j in best]
@@ -745,8 +821,42 @@ def _check_labels(num_labels, label_names):
 
 
 def load_model(path):
-    """Loads a NeuroLite `.keras` file, with a clear error if it is missing."""
+    """Loads a NeuroLite `.keras` file, compiled as it was when saved.
+
+    A classifier saved without being compiled is compiled with the
+    defaults of `NeuroLiteForClassification.compile`, so that `evaluate`
+    works.
+
+    Raises:
+        FileNotFoundError: there is no file at `path`.
+        ValueError: the file is there but is not a readable `.keras`
+            archive (a truncated copy, or some other kind of file).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}")
-    return keras.saving.load_model(path)
+    if path.endswith(".keras"):
+        _check_keras_archive(path)
+    model = keras.saving.load_model(path)
+    if isinstance(model, NeuroLiteForClassification) and not model.compiled:
+        model.compile()
+    return model
+
+
+def _check_keras_archive(path):
+    """Raises a `ValueError` unless `path` is a whole `.keras` zip."""
+    problem = None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            if damaged is not None:
+                problem = f"its member {damaged!r} is damaged"
+            elif "config.json" not in archive.namelist():
+                problem = "it has no config.json"
+    except (zipfile.BadZipFile, EOFError, zlib.error):
+        problem = "it is not a zip file"
+    if problem:
+        raise ValueError(
+            f"{path!r} exists but is not a readable .keras archive "
+            f"({problem}): it may be truncated, or not a Keras model."
+        )

@@ -9,7 +9,9 @@ from neurolite_keras import datasets
 def test_sib200_splits_and_languages(data_dir):
     data = datasets.load_sib200(data_dir)
     assert (len(data.train), len(data.dev), len(data.test)) == (
-        9814, 1386, 2856,
+        9814,
+        1386,
+        2856,
     )
     assert len(data.label_names) == 7
     assert set(data.train.labels) == set(data.label_names)
@@ -46,15 +48,13 @@ def _serve_from(local_root, calls):
         calls.append(url)
         for dataset, prefix in datasets._SOURCES.items():
             if url.startswith(prefix):
-                return (local_root / dataset / url[len(prefix):]).read_bytes()
+                return (local_root / dataset / url[len(prefix) :]).read_bytes()
         raise OSError(f"unexpected url {url}")
 
     return fetch
 
 
-def test_download_fallback_verifies_and_caches(
-    data_dir, tmp_path, monkeypatch
-):
+def test_download_fallback_verifies_and_caches(data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("NEUROLITE_DATA_DIR")
     monkeypatch.setenv("NEUROLITE_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
@@ -102,8 +102,9 @@ def test_user_files_in_csv_and_jsonl(tmp_path):
     jsonl.write_text(
         "\n".join(json.dumps({"phrase": t, "y": 1}) for t in ["a", "b"])
     )
-    split = datasets.load_text_file(jsonl, text_column="phrase",
-                                    label_column="y")
+    split = datasets.load_text_file(
+        jsonl, text_column="phrase", label_column="y"
+    )
     assert split.labels == ["1", "1"]
 
 
@@ -133,3 +134,31 @@ def test_checksums_cover_every_downloaded_file():
     assert all(len(h) == 64 for h in sums.values())
     assert "banking77/train.csv" in sums
     assert hashlib.sha256(b"").hexdigest() not in sums.values()
+
+
+def test_dev_split_never_takes_a_label_s_only_examples(tmp_path):
+    rows = (
+        ["text,label"]
+        + [f"sport {i},sport" for i in range(12)]
+        + [
+            "une seule recette,cuisine",
+            "deux,pair",
+            "trois,pair",
+        ]
+    )
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    data = datasets.load_text_files(tmp_path / "train.csv")
+    assert data.label_names == ["cuisine", "pair", "sport"]
+    assert data.train.labels.count("cuisine") == 1
+    assert "cuisine" not in data.dev.labels
+    # Two examples: one for dev, one kept for training.
+    assert data.train.labels.count("pair") == data.dev.labels.count("pair")
+    assert data.dev.labels.count("sport") == 1
+    assert set(data.dev.labels) <= set(data.label_names)
+    assert len(data.train) + len(data.dev) == 15
+
+
+def test_no_dev_split_from_labels_seen_once(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
+    with pytest.raises(ValueError, match=r"train.csv: no label has two"):
+        datasets.load_text_files(tmp_path / "train.csv")

@@ -77,6 +77,13 @@ class HyperMixerBlock(keras.layers.Layer):
     sees larger sums on much longer ones; the layer normalization after
     token mixing keeps the output scale in check.
 
+    **Note on training:** with the classifier recipe's settings (AdamW, peak
+    learning rate 3e-3, the dropouts of `benchmarks/configs/sib200_tiny.json`)
+    a tiny HyperMixer classifier stayed at chance on SIB-200 for three
+    epochs while the MLP-Mixer learned (`benchmarks/results/mixers_sib200`).
+    The cause is not known yet; a lower learning rate or a scaled `W1^T @ X`
+    are the first things to try.
+
     Args:
         token_mixing_size: int. Width of the generated token-mixing MLP,
             which is also the hidden and output width of each hypernetwork.
