@@ -285,6 +285,9 @@ def markdown(results):
             f"{r.get('backend', '-')} |"
         )
     lines = rows + [""]
+    if results.get("command"):
+        lines.append(f"Command: `python {results['command']}`.")
+        lines.append("")
     throughput = results.get("featurizer_sentences_per_second")
     if throughput:
         lines.append(
