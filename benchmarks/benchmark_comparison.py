@@ -14,8 +14,9 @@ Small settings, well under a minute (what the test suite runs):
 
 What is compared, batch 1, `--sequence-length` tokens (default 256), every
 model with a 7-label classification head and random weights (latency,
-memory and size do not depend on the values of the weights; nothing is
-downloaded and nothing is trained):
+memory and size do not depend on the values of the weights, but for a
+little of NeuroLite's int8 latency: see `export_size_latency.py`;
+nothing is downloaded and nothing is trained):
 
 - NeuroLite `tiny`, `small`, `base`: `NeuroLiteForClassification` built
   from `NeuroLiteConfig.preset(p, max_sequence_length=L)`.
@@ -41,16 +42,26 @@ What is measured, each step in its own subprocess:
   over the 14 languages;
 - each latency: `--warmup` untimed calls, then the median of `--repeats`
   timed calls (`--long-repeats` at the long length);
-- peak memory of the inference process: each `.tflite` file runs in a
-  fresh Python process that imports NumPy and the interpreter and loads
-  the input arrays; then its resident set (VmRSS) is read and its peak
-  (VmHWM) reset through `/proc/self/clear_refs`; then the interpreter loads
-  the model, allocates its tensors and runs warm-up and timed calls. The
-  figure is the peak resident set afterwards minus the resident set before
-  loading: the model file's pages, the tensor arena, delegate buffers
-  (XNNPACK packs float weights again) and interpreter code first touched by
-  this model's kernels. Where `/proc/self/clear_refs` cannot be written,
-  `ru_maxrss` is used and the JSON says so;
+- memory of the inference process, each `.tflite` file in a fresh
+  Python process (Linux figures; `/proc` and psutil). The baseline is
+  taken once the interpreter is warm: NumPy, psutil and the interpreter
+  imported, the input arrays loaded, and a one-operator model (`a + b` in
+  float32, converted once per run into the work folder; XNNPACK runs it)
+  loaded, allocated and invoked and kept alive, so the interpreter's core
+  code, operator registry, XNNPACK delegate and allocator are counted in
+  the baseline, not against the model. Then the peak resident set (VmHWM)
+  is reset through `/proc/self/clear_refs` and the model is loaded, its
+  tensors allocated, its inputs set and it runs the warm-up and timed
+  calls. Reported: the peak resident set minus the baseline's (the aim's
+  figure: every page newly resident at the peak); its split by kind of
+  mapping in `/proc/self/smaps` at the end of the run (the mapped model
+  file, anonymous memory such as the tensor arena, heap and XNNPACK's
+  repacked weights, `ai_edge_litert`'s library pages first touched by
+  this model's operators, other files) and the peak's excess over the
+  end; the growth of the unique and proportional set sizes (psutil USS and
+  PSS); and the absolute peak resident set of the process. Where
+  `/proc/self/clear_refs` cannot be written, `ru_maxrss` is used and the
+  JSON says so;
 - the growth of latency with length: the same measurements at
   `--long-length` (default 2048; `0` skips it) on models built for that
   length (BERT models then get that many positions, and NeuroLite's
@@ -73,6 +84,7 @@ import argparse
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -121,6 +133,11 @@ AIM_MEMORY_MB = 4.0
 REFERENCE_MODEL = ("bert-base", "float32")
 TARGET_MODEL = ("tiny", "int8")
 MB = 1024 * 1024
+# Where the resident set of the inference process grows, by mapping: the
+# `.tflite` file mapped by the interpreter, anonymous memory (tensor arena,
+# heap, weights repacked by XNNPACK), the interpreter's shared libraries
+# (code and data of `ai_edge_litert`) and any other file.
+MEMORY_KINDS = ("model_file", "anonymous", "interpreter_library", "other_files")
 _STEP_NUMBERS = itertools.count()
 
 
@@ -255,7 +272,9 @@ def build_parser():
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     # The subprocess side (internal).
     parser.add_argument(
-        "--worker", choices=("prepare", "measure"), help=argparse.SUPPRESS
+        "--worker",
+        choices=("one-op", "prepare", "measure"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--request", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -288,7 +307,7 @@ def time_calls(function, warmup, repeats):
     return summarize(durations)
 
 
-def _status_kb(field):
+def _status_bytes(field):
     """A `VmRSS`-style field of /proc/self/status, in bytes (or None)."""
     try:
         with open("/proc/self/status", encoding="ascii") as file:
@@ -307,55 +326,161 @@ def _reset_peak():
             file.write("5")
     except OSError:
         return False
-    return _status_kb("VmHWM") is not None
+    return _status_bytes("VmHWM") is not None
 
 
-def _rss_parts():
-    return {kind: _status_kb(kind) for kind in ("RssAnon", "RssFile")}
-
-
-def _rss_and_peak():
-    import resource
-
-    rss = _status_kb("VmRSS")
-    peak = _status_kb("VmHWM")
-    if rss is None:
-        import psutil
-
-        rss = psutil.Process().memory_info().rss
+def _peak_rss():
+    """The peak resident set: VmHWM, else `ru_maxrss` (whole process)."""
+    peak = _status_bytes("VmHWM")
     if peak is None:
+        import resource
+
         # ru_maxrss is in kilobytes on Linux, bytes on macOS.
         scale = 1 if sys.platform == "darwin" else 1024
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    return rss, peak
+    return peak
+
+
+def mapping_kind(path, model_path, library_dir):
+    """Which part of the memory a mapping of /proc/self/smaps holds."""
+    if path == model_path:
+        return "model_file"
+    if library_dir and path.startswith(library_dir + os.sep):
+        return "interpreter_library"
+    if path.startswith("/"):
+        return "other_files"
+    # No path, [heap], [stack], [anon:...]: memory the process allocated.
+    return "anonymous"
+
+
+def _resident_by_kind(model_path, library_dir):
+    """Resident bytes per `mapping_kind`, summed over /proc/self/smaps
+    (None where it cannot be read)."""
+    totals = dict.fromkeys(MEMORY_KINDS, 0)
+    kind = None
+    try:
+        with open("/proc/self/smaps", encoding="utf-8") as file:
+            for line in file:
+                fields = line.split()
+                if not fields[0].endswith(":"):
+                    # A mapping's header: address, mode, offset, device,
+                    # inode, then the path if it has one.
+                    path = " ".join(fields[5:])
+                    kind = mapping_kind(path, model_path, library_dir)
+                elif fields[0] == "Rss:" and kind:
+                    totals[kind] += int(fields[1]) * 1024
+    except OSError:
+        return None
+    return totals
+
+
+def memory_snapshot(model_path, library_dir):
+    """The process's memory now: resident set, peak resident set, unique
+    and proportional set sizes (psutil) and the resident set by kind."""
+    snapshot = {"rss": _status_bytes("VmRSS"), "peak": _peak_rss()}
+    try:
+        import psutil
+
+        process = psutil.Process()
+        if snapshot["rss"] is None:
+            snapshot["rss"] = process.memory_info().rss
+        full = process.memory_full_info()
+        snapshot["uss"] = full.uss
+        snapshot["pss"] = getattr(full, "pss", None)
+    except (ImportError, OSError, AttributeError):
+        snapshot["uss"] = snapshot["pss"] = None
+    snapshot["by_kind"] = _resident_by_kind(model_path, library_dir)
+    return snapshot
+
+
+def _growth(before, after):
+    if before is None or after is None:
+        return None
+    return after - before
+
+
+# --- The `one-op` worker: the model that warms the interpreter --------------
+
+
+def make_one_op_model(request):
+    """Converts `a + b` (float32, shape (1, 8)) into a one-operator
+    `.tflite` file at `request["path"]`."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((1, 8), tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def add(a, b):
+        return a + b
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [add.get_concrete_function()], add
+    )
+    flatbuffer = converter.convert()
+    _write_bytes(request["path"], flatbuffer)
+    return {"path": request["path"], "bytes": len(flatbuffer)}
 
 
 # --- The `measure` worker: one .tflite file in a fresh process --------------
 
 
-def measure_tflite(request):
-    """Latency and memory of one `.tflite` file; runs in its own process."""
+def _interpreter(path, threads, arrays=None):
+    """An interpreter with its tensors allocated and its inputs set (from
+    `arrays`, else ones); also the names of the arrays fed."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    with np.load(request["inputs"]) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    rss_before, _ = _rss_and_peak()
-    parts_before = _rss_parts()
-    peak_reset = _reset_peak()
-
-    interpreter = Interpreter(
-        model_path=request["tflite_path"], num_threads=request["threads"]
-    )
+    interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
-    rss_loaded, _ = _rss_and_peak()
     fed = []
     for detail in interpreter.get_input_details():
-        name = _match_input(detail["name"], arrays)
-        interpreter.set_tensor(
-            detail["index"], arrays[name].astype(detail["dtype"])
-        )
-        fed.append(name)
+        if arrays is None:
+            value = np.ones(detail["shape"], detail["dtype"])
+        else:
+            name = _match_input(detail["name"], arrays)
+            value = arrays[name].astype(detail["dtype"])
+            fed.append(name)
+        interpreter.set_tensor(detail["index"], value)
+    return interpreter, fed
+
+
+def measure_tflite(request):
+    """Latency and memory of one `.tflite` file; runs in its own process.
+
+    Memory: after importing NumPy and the interpreter and loading the
+    input arrays, the process loads, allocates and invokes a one-operator
+    model (`request["one_op_path"]`), which it keeps, so that the
+    interpreter's core code, its XNNPACK delegate and the allocator are
+    warm. That state is the baseline. Then the peak resident set is reset,
+    and the model is loaded, allocated, fed and invoked (warm-up and timed
+    calls); the growth over the baseline is the model's memory.
+    """
+    import gc
+
+    import ai_edge_litert
+    import numpy as np
+
+    with np.load(request["inputs"]) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    model_path = os.path.realpath(request["tflite_path"])
+    library_dir = os.path.dirname(os.path.realpath(ai_edge_litert.__file__))
+    threads = request["threads"]
+
+    warm, _ = _interpreter(request["one_op_path"], threads)
+    for _ in range(request["warmup"]):
+        warm.invoke()
+    # A private method, but the only way to list a model's operators.
+    details = getattr(warm, "_get_ops_details", list)
+    warm_ops = [op["op_name"] for op in details()]
+    # A first snapshot imports psutil and runs the reading code once, so
+    # that neither is counted against the model.
+    memory_snapshot(model_path, library_dir)
+    gc.collect()
+    before = memory_snapshot(model_path, library_dir)
+    peak_reset = _reset_peak()
+
+    interpreter, fed = _interpreter(model_path, threads, arrays)
+    rss_loaded = _status_bytes("VmRSS")
     latency = time_calls(
         interpreter.invoke, request["warmup"], request["repeats"]
     )
@@ -364,27 +489,31 @@ def measure_tflite(request):
     )
     if not np.all(np.isfinite(output.astype("float64"))):
         raise ValueError("The interpreter's output is not finite.")
-    rss_after, peak = _rss_and_peak()
-    parts_after = _rss_parts()
+    after = memory_snapshot(model_path, library_dir)
+
+    by_kind = None
+    if before["by_kind"] is not None and after["by_kind"] is not None:
+        by_kind = {
+            kind: after["by_kind"][kind] - before["by_kind"][kind]
+            for kind in MEMORY_KINDS
+        }
     return {
         "latency": latency,
         "inputs": fed,
-        "rss_before_load_bytes": rss_before,
+        "one_op_model_operators": warm_ops,
+        "baseline_rss_bytes": before["rss"],
         "rss_after_load_bytes": rss_loaded,
-        "rss_after_run_bytes": rss_after,
-        "peak_rss_bytes": peak,
-        "peak_beyond_interpreter_bytes": peak - rss_before,
-        # Where the resident set grew: anonymous memory (arena, delegate
-        # buffers, heap) and file-backed pages (the mapped model file and
-        # interpreter code first touched).
-        "growth_by_kind_bytes": {
-            kind: parts_after[kind] - parts_before[kind]
-            for kind in parts_after
-            if parts_before.get(kind) is not None
-            and parts_after[kind] is not None
-        },
+        "rss_after_run_bytes": after["rss"],
+        "peak_rss_bytes": after["peak"],
+        # The whole process's peak: imports, baseline, model and all.
+        "process_peak_rss_bytes": max(before["peak"], after["peak"]),
+        "peak_beyond_interpreter_bytes": after["peak"] - before["rss"],
+        "rss_growth_bytes": after["rss"] - before["rss"],
+        "uss_growth_bytes": _growth(before["uss"], after["uss"]),
+        "pss_growth_bytes": _growth(before["pss"], after["pss"]),
+        "rss_growth_by_kind_bytes": by_kind,
         "peak_source": (
-            "VmHWM reset after import"
+            "VmHWM reset after the one-operator model ran"
             if peak_reset
             else "ru_maxrss (peak over the whole process)"
         ),
@@ -596,10 +725,12 @@ def _run_worker(args):
     with open(args.request, encoding="utf-8") as file:
         request = json.load(file)
     try:
-        if args.worker == "prepare":
-            payload = {"ok": True, "result": prepare(request)}
-        else:
-            payload = {"ok": True, "result": measure_tflite(request)}
+        work = {
+            "one-op": make_one_op_model,
+            "prepare": prepare,
+            "measure": measure_tflite,
+        }[args.worker]
+        payload = {"ok": True, "result": work(request)}
         status = 0
     except Exception as error:  # Reported to the parent process.
         payload = {"ok": False, "error": _error_text(error)}
@@ -684,8 +815,10 @@ def formats_of(name, neurolite_formats=NEUROLITE_FORMATS):
     return ("float32",)
 
 
-def benchmark_model(name, length, repeats, args, work_dir, log):
-    """Prepare, then measure each converted file; a dict per format."""
+def benchmark_model(name, length, repeats, args, work_dir, log, one_op_path):
+    """Prepare, then measure each converted file; a dict per format.
+    `one_op_path` is the model that warms the interpreter before each
+    memory baseline."""
     request = {
         "model": name,
         "length": length,
@@ -716,6 +849,7 @@ def benchmark_model(name, length, repeats, args, work_dir, log):
                 "measure",
                 {
                     "tflite_path": entry["path"],
+                    "one_op_path": one_op_path,
                     "inputs": prepared["inputs"],
                     "threads": args.threads,
                     "warmup": args.warmup,
@@ -747,6 +881,33 @@ def _tflite_median(prepared, quantization):
     return entry.get("measure", {}).get("latency", {}).get("median_ms")
 
 
+def _mb(value):
+    return None if value is None else value / MB
+
+
+def memory_columns(measured):
+    """The memory figures of one `measure` result, in MiB (None where not
+    measured). `memory_mb` is the headline: peak resident set beyond the
+    warm interpreter. The growth by kind is at the end of the run;
+    `peak_minus_end_mb` is what the peak held above it."""
+    peak = measured.get("peak_beyond_interpreter_bytes")
+    end = measured.get("rss_growth_bytes")
+    by_kind = measured.get("rss_growth_by_kind_bytes") or {}
+    columns = {
+        "memory_mb": _mb(peak),
+        "process_peak_mb": _mb(measured.get("process_peak_rss_bytes")),
+        "baseline_rss_mb": _mb(measured.get("baseline_rss_bytes")),
+        "uss_growth_mb": _mb(measured.get("uss_growth_bytes")),
+        "pss_growth_mb": _mb(measured.get("pss_growth_bytes")),
+        "peak_minus_end_mb": (
+            None if peak is None or end is None else _mb(peak - end)
+        ),
+    }
+    for kind in MEMORY_KINDS:
+        columns[f"{kind}_mb"] = _mb(by_kind.get(kind))
+    return columns
+
+
 def collect_rows(results, short, long, neurolite_formats=NEUROLITE_FORMATS):
     """One row per (model, format) with the table's figures."""
     rows = []
@@ -768,13 +929,9 @@ def collect_rows(results, short, long, neurolite_formats=NEUROLITE_FORMATS):
                     "keras_ms": base["keras_latency"]["median_ms"],
                     "tflite_file_mb": entry.get("bytes", 0) / MB or None,
                     "tflite_ms": measured.get("latency", {}).get("median_ms"),
-                    "memory_mb": (
-                        measured["peak_beyond_interpreter_bytes"] / MB
-                        if measured
-                        else None
-                    ),
                     "featurize_ms": base.get("featurize", {}).get("median_ms"),
                     "error": entry.get("error"),
+                    **memory_columns(measured),
                 }
             )
             if long and "error" not in far:
@@ -824,6 +981,99 @@ def _number(value, digits=2):
     return f"{value:,.{digits}f}"
 
 
+MEMORY_HEADER = (
+    "model",
+    "TFLite format",
+    "peak RSS beyond warm interpreter",
+    "model file pages",
+    "anonymous (arena, heap)",
+    "interpreter library pages",
+    "other file pages",
+    "peak minus end",
+    "USS growth",
+    "PSS growth",
+    "process peak RSS",
+)
+MEMORY_LEGEND = (
+    "Memory, in MB of 2^20 bytes, of the process that runs one `.tflite` "
+    "file (Linux, fresh Python process per file). Baseline: the process has "
+    "imported NumPy, psutil and `ai_edge_litert`, loaded the input arrays, "
+    "and loaded, allocated and invoked a one-operator model (`a + b`, "
+    "float32 ADD, run by XNNPACK) that it keeps, so the interpreter's core "
+    "code, operator registry, XNNPACK delegate and `malloc` are warm; the "
+    "baseline is its resident set (VmRSS) then. The peak (VmHWM) is reset "
+    "there, then the model is loaded, its tensors allocated, its inputs "
+    "set, and it runs the warm-up and timed calls. "
+    "**peak RSS beyond warm interpreter**: the peak resident set over that "
+    "span minus the baseline: every page the process newly held at its "
+    "peak, whatever its kind (the aim's figure). The next five columns "
+    "split it: resident-set growth from the baseline to the end of the run "
+    "per kind of mapping in `/proc/self/smaps`. **model file pages**: the "
+    "`.tflite` file mapped by the interpreter (the pages read). "
+    "**anonymous**: heap and anonymous mappings: the tensor arena, weights "
+    "repacked by XNNPACK, the interpreter's structures, Python objects. "
+    "**interpreter library pages**: code and data of `ai_edge_litert`'s "
+    "shared libraries first touched by this model's operators (the "
+    "one-operator model did not touch them); they are file-backed and "
+    "shared with any other process running LiteRT. **other file pages**: "
+    "other files (C and C++ libraries, NumPy). **peak minus end**: what the "
+    "peak held above the end of the run (memory freed before the end). "
+    "**USS growth** and **PSS growth** (psutil, baseline to end of run): "
+    "unique set size, pages mapped by this process only (file pages shared "
+    "with another process are left out), and proportional set size, each "
+    "shared page divided by the number of processes mapping it. **process "
+    "peak RSS**: the absolute peak resident set of the whole process "
+    "(Python, NumPy, psutil, the interpreter, the one-operator model and "
+    "the model). Not counted anywhere: the featurizer (inputs are "
+    "featurized beforehand) and the converter. Parameters times four is "
+    "not used."
+)
+
+
+def _run_line(meta):
+    parts = [f"Command: `{meta['command']}`"]
+    if meta.get("seconds") is not None:
+        parts.append(f"{meta['seconds'] / 60:.0f} min")
+    start, end = meta.get("load_average_start"), meta.get("load_average_end")
+    if start or end:
+        parts.append(
+            "load average (1, 5, 15 min) "
+            f"{', '.join(map(str, start or []))} at the start and "
+            f"{', '.join(map(str, end or []))} at the end"
+        )
+    versions = meta.get("versions")
+    if versions:
+        parts.append(", ".join(f"{k} {v}" for k, v in versions.items()))
+    return "; ".join(parts) + "."
+
+
+def _memory_aim_line(aim, row):
+    verdict = "met" if aim["met"] else "not met"
+    margin = aim["value"] - aim["aim"]
+    over = (
+        f", {margin:.2f} MB over"
+        if margin > 0
+        else f", {-margin:.2f} MB to spare"
+    )
+    split = [
+        f"{_number(row.get(f'{kind}_mb'))} MB {label}"
+        for kind, label in (
+            ("model_file", "model file pages"),
+            ("anonymous", "anonymous"),
+            ("interpreter_library", "interpreter library pages"),
+            ("other_files", "other file pages"),
+        )
+        if row.get(f"{kind}_mb") is not None
+    ]
+    if row.get("peak_minus_end_mb") is not None:
+        split.append(f"{_number(row['peak_minus_end_mb'])} MB peak minus end")
+    return (
+        f"Aim: tiny int8 TFLite peak RSS beyond the warm interpreter "
+        f"{aim['value']:.2f} MB (aim <= {aim['aim']:.0f} MB): {verdict}"
+        f"{over}" + (f" ({'; '.join(split)})" if split else "") + "."
+    )
+
+
 def markdown(rows, aims, meta):
     short, long = meta["sequence_length"], meta["long_length"]
     header = [
@@ -834,7 +1084,7 @@ def markdown(rows, aims, meta):
         ".tflite MB",
         f"Keras ms @{short}",
         f"TFLite ms @{short}",
-        "TFLite peak MB beyond interpreter",
+        "TFLite peak RSS MB beyond warm interpreter",
     ]
     if long:
         header += [
@@ -882,9 +1132,14 @@ def markdown(rows, aims, meta):
         "",
         "Keras: `predict_on_batch` on the TensorFlow backend (tf.function, "
         "no XLA), featurized inputs. TFLite: `interpreter.invoke()` only. "
-        "Peak memory: fresh process per `.tflite`, peak resident set while "
-        "loading and running minus the resident set after importing NumPy "
-        "and the interpreter.",
+        "Memory: see the table below"
+        + (
+            f"; t({long})/t({short}): median latency at {long} tokens over "
+            f"the median at {short}, models built for each length"
+            if long
+            else ""
+        )
+        + ".",
     ]
     if featurize:
         lines.append(
@@ -892,6 +1147,7 @@ def markdown(rows, aims, meta):
             f"{_number(min(featurize))} ms for this {short}-token input "
             "(cold cache); BERT's WordPiece tokenizer is likewise left out."
         )
+    by_key = {(r["model"], r["format"]): r for r in rows}
     for key, aim in aims.items():
         if key == "speedup":
             lines.append(
@@ -900,12 +1156,71 @@ def markdown(rows, aims, meta):
                 f"{'met' if aim['met'] else 'not met'}."
             )
         else:
-            lines.append(
-                f"Aim: tiny int8 TFLite peak memory beyond the interpreter "
-                f"{aim['value']:.2f} MB (aim <= {aim['aim']:.0f} MB): "
-                f"{'met' if aim['met'] else 'not met'}."
-            )
+            lines.append(_memory_aim_line(aim, by_key[TARGET_MODEL]))
+    memory_rows = [r for r in rows if r.get("memory_mb") is not None]
+    if memory_rows:
+        lines += [
+            "",
+            "| " + " | ".join(MEMORY_HEADER) + " |",
+            "|" + "---|" * len(MEMORY_HEADER),
+        ]
+        for row in memory_rows:
+            cells = [row["model"], row["format"]] + [
+                _number(row.get(key))
+                for key in (
+                    "memory_mb",
+                    "model_file_mb",
+                    "anonymous_mb",
+                    "interpreter_library_mb",
+                    "other_files_mb",
+                    "peak_minus_end_mb",
+                    "uss_growth_mb",
+                    "pss_growth_mb",
+                    "process_peak_mb",
+                )
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", MEMORY_LEGEND]
+    if meta.get("command"):
+        lines += ["", _run_line(meta)]
     return "\n".join(lines) + "\n"
+
+
+def _log_panel(axis, series, width):
+    """Bars of several series on a log axis whose floor is the power of
+    ten below the smallest value, so that bar heights compare. `series`
+    is a list of (x positions, values, style); missing values are
+    skipped. Returns the bars of each series."""
+    values = [v for _, column, _ in series for v in column if v]
+    if not values:
+        return [None] * len(series)
+    floor = 10 ** math.floor(math.log10(min(values)))
+    drawn = []
+    for positions, column, style in series:
+        kept = [(p, v) for p, v in zip(positions, column) if v]
+        drawn.append(
+            axis.bar(
+                [p for p, _ in kept],
+                [v - floor for _, v in kept],
+                width,
+                bottom=floor,
+                **style,
+            )
+        )
+    axis.set_yscale("log")
+    axis.set_ylim(floor, max(values) * 2)
+    return drawn
+
+
+def _tick(value, _):
+    return f"{value:g}"
+
+
+def _minor_tick(value, _):
+    # Label 2 and 5 times a power of ten only, where a panel spans less
+    # than a few decades and has room for them.
+    digit = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if digit in (2, 5) else ""
 
 
 def plot(rows, meta, path):
@@ -915,39 +1230,81 @@ def plot(rows, meta, path):
     import io
 
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     measured = [r for r in rows if r.get("tflite_ms")]
     if not measured:
         return False
     labels = [f"{r['model']}\n{r['format']}" for r in measured]
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    positions = range(len(measured))
-    axes[0].bar(
-        [p - 0.2 for p in positions],
-        [r["keras_ms"] for r in measured],
+    short, long = meta["sequence_length"], meta.get("long_length")
+    panels = 3 if long else 2
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8))
+    positions = list(range(len(measured)))
+    left = [p - 0.2 for p in positions]
+    right = [p + 0.2 for p in positions]
+
+    _log_panel(
+        axes[0],
+        [
+            (left, [r["keras_ms"] for r in measured], {"label": "Keras"}),
+            (right, [r["tflite_ms"] for r in measured], {"label": "TFLite"}),
+        ],
         0.4,
-        label="Keras",
     )
-    axes[0].bar(
-        [p + 0.2 for p in positions],
-        [r["tflite_ms"] for r in measured],
-        0.4,
-        label="TFLite",
+    axes[0].set_ylabel("median latency, ms (log)")
+    axes[0].set_title(f"Latency, batch 1, {short} tokens", fontsize=10)
+
+    memory = [r.get("memory_mb") for r in measured]
+    (bars,) = _log_panel(
+        axes[1], [(positions, memory, {"color": "tab:green"})], 0.6
     )
-    axes[0].set_yscale("log")
-    axes[0].set_xticks(list(positions), labels, fontsize=8)
-    axes[0].set_ylabel("latency, ms (log)")
-    axes[0].set_title(f"batch 1, {meta['sequence_length']} tokens")
-    axes[0].legend()
-    axes[1].bar(
-        list(positions),
-        [r["memory_mb"] or 0 for r in measured],
-        color="tab:green",
+    if bars is not None:
+        axes[1].bar_label(bars, [f"{m:.1f}" for m in memory if m], fontsize=7)
+    axes[1].axhline(
+        AIM_MEMORY_MB,
+        color="tab:red",
+        linestyle="--",
+        linewidth=1,
+        label=f"aim for tiny int8: {AIM_MEMORY_MB:.0f} MB",
     )
-    axes[1].set_yscale("log")
-    axes[1].set_xticks(list(positions), labels, fontsize=8)
-    axes[1].set_ylabel("MB (log)")
-    axes[1].set_title("TFLite peak memory beyond the interpreter")
+    axes[1].set_ylabel("MB of 2^20 bytes (log)")
+    axes[1].set_title(
+        "TFLite peak RSS beyond the warm interpreter", fontsize=10
+    )
+
+    if long:
+        _log_panel(
+            axes[2],
+            [
+                (
+                    left,
+                    [r.get("keras_growth") for r in measured],
+                    {"label": "Keras"},
+                ),
+                (
+                    right,
+                    [r.get("tflite_growth") for r in measured],
+                    {"label": "TFLite"},
+                ),
+            ],
+            0.4,
+        )
+        axes[2].axhline(
+            long / short,
+            color="gray",
+            linestyle=":",
+            linewidth=1,
+            label=f"linear in length ({long / short:g}x)",
+        )
+        axes[2].set_ylabel(f"t({long}) / t({short}) (log)")
+        axes[2].set_title(
+            f"Latency growth, {short} to {long} tokens", fontsize=10
+        )
+    for axis in axes:
+        axis.set_xticks(positions, labels, fontsize=7)
+        axis.yaxis.set_major_formatter(FuncFormatter(_tick))
+        axis.yaxis.set_minor_formatter(FuncFormatter(_minor_tick))
+        axis.legend(fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -970,6 +1327,18 @@ def _machine():
     return f"{name}, {cores} logical CPU(s)"
 
 
+def _versions():
+    from importlib import metadata
+
+    versions = {}
+    for package in ("ai-edge-litert", "tensorflow", "keras", "keras-hub"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
 def _load():
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -986,7 +1355,9 @@ def main(argv=None):
         print(message, flush=True)
 
     meta = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            ["python", os.path.relpath(sys.argv[0]), *(argv or sys.argv[1:])]
+        ),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
@@ -1005,10 +1376,17 @@ def main(argv=None):
             "keras": "model.predict_on_batch(featurized inputs), TensorFlow "
             "backend, default predict function (tf.function)",
             "tflite": "interpreter.invoke() with inputs set beforehand",
-            "memory": "fresh process per .tflite; peak resident set "
-            "(VmHWM, reset after import) minus VmRSS after "
-            "importing numpy and ai_edge_litert and loading the "
-            "input arrays, before loading the model",
+            "memory": "fresh process per .tflite. Baseline: after "
+            "importing numpy and ai_edge_litert, loading the input "
+            "arrays, and loading, allocating and invoking a "
+            "one-operator model (float32 ADD) kept alive, so the "
+            "interpreter's code, delegate and allocator are warm. "
+            "Then VmHWM is reset and the model is loaded, allocated, "
+            "fed and invoked (warm-up and timed calls). Reported: peak "
+            "resident set (VmHWM) minus the baseline's VmRSS; USS and "
+            "PSS growth (psutil) and resident-set growth per mapping "
+            "kind (/proc/self/smaps) from baseline to end of run; the "
+            "process's absolute peak resident set",
         },
     }
     lengths = [args.sequence_length]
@@ -1025,6 +1403,13 @@ def main(argv=None):
         work_dir = Path(temporary)
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
+        log("one-operator model for the memory baselines")
+        one_op = run_step(
+            "one-op",
+            {"path": str(work_dir / "one-op-add.tflite")},
+            work_dir,
+            args.step_timeout,
+        )
         results = {}
         for name in args.models:
             results[name] = {}
@@ -1033,7 +1418,7 @@ def main(argv=None):
                     args.repeats if length == lengths[0] else args.long_repeats
                 )
                 results[name][length] = benchmark_model(
-                    name, length, repeats, args, work_dir, log
+                    name, length, repeats, args, work_dir, log, one_op["path"]
                 )
     finally:
         if temporary:
@@ -1044,6 +1429,7 @@ def main(argv=None):
     )
     aims = check_aims(rows)
     meta["load_average_end"] = _load()
+    meta["versions"] = _versions()
     meta["seconds"] = round(time.perf_counter() - start, 1)
     for prepared in (r for m in results.values() for r in m.values()):
         if "keras_version" in prepared:

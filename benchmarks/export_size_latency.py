@@ -13,25 +13,37 @@ What is measured, in one run:
   random weights, built at `max_sequence_length=256` so that latency is
   measured at 256 tokens (the MLP-Mixer's token-mixing weights fix the
   length; at the presets' own length of 64 the files are a little
-  smaller). Sizes and latencies do not depend on the weights' values; the
-  int8 ranges are calibrated on real SIB-200 dev sentences.
+  smaller). Sizes and float latencies do not depend on the weights'
+  values; the int8 ranges are calibrated on real SIB-200 dev sentences.
+  Int8 latency depends on them a little: with untrained (all-zero)
+  normalization offsets, a layer normalization right after another sees
+  token means of exactly zero, whose int8 scale XNNPACK rejects, so two
+  subtractions run on TFLite's slower kernels (tiny: 2.1 ms against 1.6
+  ms with trained-like offsets; see `neurolite_keras.recipes.export_forms`).
 - Size: bytes of each `.tflite` file written by `export_model`, against
   the aims of issue 3 for int8 (tiny 1.5 MB, small 4 MB, base 10 MB).
 - Latency: one text of 256 real tokens (SIB-200 sentences joined), batch
-  1; the median and 90th percentile of `--runs` timed calls after
-  `--warmup` untimed ones. TFLite: `ai_edge_litert` interpreter with
-  `num_threads` 1 and 2 (XNNPACK, the default CPU path). Keras: the
-  compiled predict function (`model.predict_on_batch`) on the active
-  backend, in a fresh process per thread count, pinned to that many
-  cores (and with TensorFlow's or PyTorch's thread count set to it).
-  The featurizer's time for the same text (cold token cache) is listed
-  apart: it runs before either model.
+  1, timed interleaved: for each preset and thread count (1, then 2), one
+  fresh process pinned to that many cores loads the Keras model and the
+  four TFLite files and calls them in turn, one call each per round (the
+  order rotated every round), so that the load of a shared machine falls
+  on all of them alike. `--warmup` untimed rounds, then `--runs` timed
+  rounds; Keras is timed in `--keras-runs` of them, spread evenly. Each
+  figure is the median (and 90th percentile) of its timed calls. TFLite:
+  `ai_edge_litert` interpreter's signature runner (inputs in, outputs
+  out) with `num_threads` 1 or 2 (XNNPACK, the default CPU path). Keras:
+  the compiled predict function (`model.predict_on_batch`) on the active
+  backend, with TensorFlow's or PyTorch's thread count set to the same
+  number. The featurizer's time for the same text (cold token cache) is
+  listed apart: it runs before either model. The load average at the
+  start and the end goes into the JSON and under the table.
 
 Writes `export_size_latency.json` and `export_size_latency.md` (both
 atomically) to `--output-dir`, and prints the markdown table.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -63,6 +75,16 @@ def long_text(texts, featurizer, length):
     raise ValueError(f"Not enough text for {length} tokens.")
 
 
+def _summary(seconds):
+    """Median and 90th percentile of durations in seconds, in ms."""
+    seconds = sorted(seconds)
+    return {
+        "median_ms": round(1000 * statistics.median(seconds), 3),
+        "p90_ms": round(1000 * seconds[int(0.9 * (len(seconds) - 1))], 3),
+        "runs": len(seconds),
+    }
+
+
 def timings(call, runs, warmup):
     """Median and 90th percentile of `runs` calls, in milliseconds."""
     for _ in range(warmup):
@@ -72,24 +94,45 @@ def timings(call, runs, warmup):
         start = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - start)
-    seconds.sort()
-    return {
-        "median_ms": round(1000 * statistics.median(seconds), 3),
-        "p90_ms": round(1000 * seconds[int(0.9 * (len(seconds) - 1))], 3),
-        "runs": runs,
-    }
+    return _summary(seconds)
 
 
-def tflite_latency(path, features, threads, runs, warmup):
-    from ai_edge_litert.interpreter import Interpreter
+def interleaved_timings(calls, runs, warmup):
+    """Times several calls side by side, one call of each per round.
 
-    interpreter = Interpreter(model_path=path, num_threads=threads)
-    runner = interpreter.get_signature_runner()
-    return timings(lambda: runner(**features), runs, warmup)
+    Args:
+        calls: dict of name to a function of no arguments.
+        runs: dict of name to the number of timed calls it gets; the
+            rounds number the largest of them, and a call with fewer is
+            timed in rounds spread evenly over them.
+        warmup: untimed rounds first, every call in each.
+
+    Returns:
+        dict of name to its `_summary`.
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    rounds = max(runs.values())
+    seconds = {name: [] for name in names}
+    for index in range(rounds):
+        # Rotate the order so that no call always follows the same one.
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            wanted = runs[name]
+            if (index + 1) * wanted // rounds == index * wanted // rounds:
+                continue
+            start = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: _summary(seconds[name]) for name in names}
 
 
-def keras_worker(model_path, features_path, threads, runs, warmup):
-    """Runs in a fresh process: Keras latency with `threads` threads."""
+def latency_worker(request):
+    """Runs in a fresh process pinned to `threads` cores: the Keras model
+    and every TFLite file of one preset, timed interleaved."""
+    threads = request["threads"]
     if hasattr(os, "sched_setaffinity"):
         # Pin the process to `threads` cores: holds for every backend.
         cores = sorted(os.sched_getaffinity(0))[:threads]
@@ -106,35 +149,45 @@ def keras_worker(model_path, features_path, threads, runs, warmup):
         import torch
 
         torch.set_num_threads(threads)
+    from ai_edge_litert.interpreter import Interpreter
+
     from neurolite_keras.models import load_model
 
-    model = load_model(model_path)
-    with np.load(features_path) as data:
+    with np.load(request["features_path"]) as data:
         features = {name: data[name] for name in data.files}
-    result = timings(lambda: model.predict_on_batch(features), runs, warmup)
-    result["backend"] = backend
-    return result
+    model = load_model(request["model_path"])
+    calls = {"keras": functools.partial(model.predict_on_batch, features)}
+    runs = {"keras": request["keras_runs"]}
+    for quantization, path in request["tflite_paths"].items():
+        interpreter = Interpreter(model_path=path, num_threads=threads)
+        runner = interpreter.get_signature_runner()
+        calls[quantization] = functools.partial(runner, **features)
+        runs[quantization] = request["runs"]
+    result = interleaved_timings(calls, runs, request["warmup"])
+    return {"backend": backend, "latency": result}
 
 
-def keras_latency(model_path, features_path, threads, runs, warmup):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def interleaved_latency(request, folder):
+    """`latency_worker` in a subprocess; its result."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(request["threads"]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    request_path = os.path.join(
+        folder, f"latency-{request['preset']}-{request['threads']}.json"
+    )
+    with open(request_path, "w", encoding="utf-8") as file:
+        json.dump(request, file)
     command = [
         sys.executable,
         os.path.abspath(__file__),
         "--worker",
-        model_path,
-        features_path,
-        str(threads),
-        str(runs),
-        str(warmup),
+        request_path,
     ]
     completed = subprocess.run(
         command, env=env, capture_output=True, text=True, check=False
     )
     if completed.returncode:
         raise RuntimeError(
-            f"Keras latency worker failed:\n{completed.stderr[-2000:]}"
+            f"Latency worker failed:\n{completed.stderr[-2000:]}"
         )
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -151,29 +204,22 @@ def benchmark_preset(preset, args, calibration, text, folder):
     model_path = os.path.join(folder, f"{preset}.keras")
     model.save(model_path)
     features = model.featurize([text])
-    assert int(features["padding_mask"].sum()) == SEQUENCE_LENGTH
+    if int(features["padding_mask"].sum()) != SEQUENCE_LENGTH:
+        raise ValueError(f"The text does not fill {SEQUENCE_LENGTH} tokens.")
     features_path = os.path.join(folder, f"{preset}-features.npz")
     np.savez(features_path, **features)
     cold = TextFeaturizer(**config.featurizer_config(), cache_size=0)
+    parameters = int(model.count_params())
     rows = [
         {
             "preset": preset,
             "format": f"keras ({keras.backend.backend()}, float32)",
-            "parameters": int(model.count_params()),
+            "parameters": parameters,
             "size_mb": round(os.path.getsize(model_path) / 1e6, 3),
             "featurizer": timings(lambda: cold([text]), args.runs, 3),
-            "latency": {
-                str(threads): keras_latency(
-                    model_path,
-                    features_path,
-                    threads,
-                    args.keras_runs,
-                    args.warmup,
-                )
-                for threads in (1, 2)
-            },
         }
     ]
+    tflite_paths = {}
     for quantization in args.quantizations:
         start = time.perf_counter()
         result = export_model(
@@ -185,28 +231,40 @@ def benchmark_preset(preset, args, calibration, text, folder):
         )
         export_seconds = time.perf_counter() - start
         size_mb = result.size_bytes / 1e6
+        tflite_paths[quantization] = result.tflite_path
         row = {
             "preset": preset,
             "format": f"tflite {quantization}",
-            "parameters": int(model.count_params()),
+            "quantization": quantization,
+            "parameters": parameters,
             "size_mb": round(size_mb, 3),
             "export_seconds": round(export_seconds, 1),
-            "latency": {
-                str(threads): tflite_latency(
-                    result.tflite_path,
-                    features,
-                    threads,
-                    args.runs,
-                    args.warmup,
-                )
-                for threads in (1, 2)
-            },
         }
         if quantization == "int8":
             row["size_aim_mb"] = SIZE_AIMS_MB[preset]
             row["meets_size_aim"] = size_mb <= SIZE_AIMS_MB[preset]
         rows.append(row)
         print(f"  {preset} {quantization}: {size_mb:.2f} MB", flush=True)
+    for row in rows:
+        row["latency"] = {}
+    for threads in (1, 2):
+        print(f"  {preset}: timing, {threads} thread(s)", flush=True)
+        measured = interleaved_latency(
+            {
+                "preset": preset,
+                "threads": threads,
+                "model_path": model_path,
+                "features_path": features_path,
+                "tflite_paths": tflite_paths,
+                "runs": args.runs,
+                "keras_runs": args.keras_runs,
+                "warmup": args.warmup,
+            },
+            folder,
+        )
+        for row in rows:
+            name = row.get("quantization", "keras")
+            row["latency"][str(threads)] = measured["latency"][name]
     return rows
 
 
@@ -232,10 +290,27 @@ def markdown(rows, settings):
         "",
         f"Batch 1, {settings['sequence_length']} tokens, median of "
         f"{settings['runs']} TFLite runs and {settings['keras_runs']} Keras "
-        f"runs after {settings['warmup']} warm-up runs; random weights; "
-        f"{settings['machine']}.",
+        f"runs after {settings['warmup']} warm-up runs, the Keras model and "
+        "the TFLite files of a preset called in turn, one call each per "
+        "round, in one process pinned to as many cores as threads; random "
+        f"weights; {settings['machine']}.",
     ]
+    start = settings.get("load_average_start")
+    end = settings.get("load_average_end")
+    if start and end:
+        lines[-1] += (
+            f" Load average (1, 5, 15 min) {', '.join(map(str, start))} "
+            f"at the start, {', '.join(map(str, end))} at the end"
+            f" ({settings['seconds'] / 60:.0f} min)."
+        )
     return "\n".join(lines) + "\n"
+
+
+def _load():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def main(argv=None):
@@ -253,21 +328,12 @@ def main(argv=None):
     parser.add_argument("--num-calibration-texts", type=int, default=100)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--output-dir", default="benchmarks/results/export")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        model_path, features_path, threads, runs, warmup = args.worker
-        print(
-            json.dumps(
-                keras_worker(
-                    model_path,
-                    features_path,
-                    int(threads),
-                    int(runs),
-                    int(warmup),
-                )
-            )
-        )
+        with open(args.worker, encoding="utf-8") as file:
+            request = json.load(file)
+        print(json.dumps(latency_worker(request)))
         return 0
     if min(args.runs, args.keras_runs) < 50:
         parser.error("--runs and --keras-runs must be at least 50.")
@@ -291,7 +357,13 @@ def main(argv=None):
         "num_calibration_texts": args.num_calibration_texts,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{platform.system()}",
+        "timing": "interleaved: per preset and thread count, one process "
+        "pinned to that many cores calls the Keras model and each TFLite "
+        "file in turn, one call each per round, order rotated per round; "
+        "Keras timed in keras_runs of the runs rounds, spread evenly",
+        "load_average_start": _load(),
     }
+    start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="neurolite-bench-") as folder:
         for preset in args.presets:
@@ -299,6 +371,8 @@ def main(argv=None):
             rows.extend(
                 benchmark_preset(preset, args, calibration, text, folder)
             )
+    settings["load_average_end"] = _load()
+    settings["seconds"] = round(time.perf_counter() - start, 1)
     table = markdown(rows, settings)
     print(table)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -35,8 +35,12 @@ mechanics in about a minute, not the accuracy, and writes nothing unless
 2. The seed's example: sentences in French, one of them about a person,
    are written into the episodic memory of a trained backbone with
    `model(input_texts=[...], update_memory=True)`; the retrieval weights
-   of questions about that person are printed. The backbone is the one of
-   part 3 with memory (trained on 14 languages, French among them).
+   of questions about that person are printed, with the memory's keys as
+   built (learned and lexical parts, `lexical_weight` of the memory) and
+   with the learned keys alone (`lexical_weight` 0, the retrieval before
+   lexical keys). Then the seed's own sentence is written alone and its
+   pronoun question asked. The backbone is the one of part 3 with memory
+   (trained on 14 languages, French among them).
 3. Long-term slots (SIB-200, 14 languages, 7 topics; the tiny preset at
    half width, `sib200_config`, to keep the run short): the same pooled
    classifier (the backbone, masked mean pooling, a dense head) with the
@@ -75,7 +79,7 @@ from neurolite_keras.recipes.train import make_optimizer
 NUM_NEW_LABELS = 10
 LABEL_STEP = 7
 SHOTS = (1, 5, 10)
-MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MAX_TRAINED_DROP = 0.01
 DEFAULT_OUTPUT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results", "memory"
@@ -95,6 +99,10 @@ QUESTIONS = (
     "Quel est le métier de Marie ?",
     "Où habite-t-elle ?",
 )
+# The seed's own example: one sentence written, then a question that
+# refers back to it by a pronoun only.
+SEED_SENTENCE = "Alice est une ingénieure vivant à Paris."
+SEED_QUESTION = "Où habite-t-elle ?"
 
 
 # --- Part 1: new labels without retraining --------------------------------
@@ -338,7 +346,8 @@ def new_labels_experiment(
     for k in shots:
         test["shots"][k] = per_shot[k][1][margin]
     model.reset_memory()
-    model.get_layer("head").margin = margin
+    # Kept in `config.memory_readout_margin`, so saved with the model.
+    model.memory_readout_margin = margin
 
     def counts(split):
         new = np.isin(split[1], held_out_ids)
@@ -479,27 +488,59 @@ def long_term_slots_experiment(
 # --- Part 2: recall of a written sentence ---------------------------------
 
 
+def _recall_weights(backbone, question, written):
+    """`{text: weight}` of `question` over the written texts."""
+    recalled = backbone.recall([question], top_k=len(written))[0]
+    return {text: weight for text, _, weight in recalled}
+
+
 def recall_demo(backbone):
-    """Writes the part-2 sentences and returns each question's weights."""
-    backbone.reset_memory()
+    """Writes the part-2 sentences and returns each question's weights,
+    with the memory's keys as built and with its learned keys alone."""
+    memory = backbone.memory
+    lexical_weight = memory.lexical_weight
     written = [PERSON, *OTHER_SENTENCES]
-    backbone(input_texts=written, update_memory=True)
     rows = []
-    for question in QUESTIONS:
-        recalled = backbone.recall([question], top_k=len(written))[0]
-        weights = {text: weight for text, _, weight in recalled}
-        best = max(weights, key=weights.get)
-        rows.append(
-            {
-                "question": question,
-                "weights": weights,
-                "recalled": best,
-                "person_recalled": best == PERSON,
-                "long_term_weight": 1.0 - sum(weights.values()),
-            }
-        )
-    backbone.reset_memory()
-    return {"written": written, "person": PERSON, "questions": rows}
+    try:
+        backbone.reset_memory()
+        backbone(input_texts=written, update_memory=True)
+        for question in QUESTIONS:
+            memory.lexical_weight = 0.0
+            learned = _recall_weights(backbone, question, written)
+            memory.lexical_weight = lexical_weight
+            weights = _recall_weights(backbone, question, written)
+            best = max(weights, key=weights.get)
+            rows.append(
+                {
+                    "question": question,
+                    "weights": weights,
+                    "recalled": best,
+                    "person_recalled": best == PERSON,
+                    "long_term_weight": 1.0 - sum(weights.values()),
+                    "learned_keys_only": {
+                        "weights": learned,
+                        "person_recalled": max(learned, key=learned.get)
+                        == PERSON,
+                    },
+                }
+            )
+        backbone.reset_memory()
+        backbone(input_texts=[SEED_SENTENCE], update_memory=True)
+        seed = {"sentence": SEED_SENTENCE, "question": SEED_QUESTION}
+        for name, value in (("learned_keys_only", 0.0), ("weight", None)):
+            memory.lexical_weight = lexical_weight if value is None else value
+            weights = _recall_weights(backbone, SEED_QUESTION, [SEED_SENTENCE])
+            seed[name] = weights[SEED_SENTENCE]
+    finally:
+        memory.lexical_weight = lexical_weight
+        backbone.reset_memory()
+    return {
+        "written": written,
+        "person": PERSON,
+        "lexical_weight": lexical_weight,
+        "questions": rows,
+        "seed_example": seed,
+    }
 
 
 # --- The whole run and its report -----------------------------------------
@@ -542,8 +583,8 @@ def run(
     """All three parts; returns the results dict (what the JSON holds).
 
     `model_path` (a `.keras` name) keeps the trained Banking77 classifier,
-    its memory empty. Its readout margin is the default one after loading
-    (the margin is not part of `NeuroLiteConfig`).
+    its memory empty, with the margin chosen on dev (in its config's
+    `memory_readout_margin`).
 
     `run_eagerly=True` skips tracing the training and prediction steps,
     which takes longer than training on the tests' few sentences.
@@ -592,8 +633,14 @@ def print_new_labels(part):
 def print_recall(part):
     for row in part["questions"]:
         print(row["question"])
+        learned = row["learned_keys_only"]["weights"]
         for text, weight in row["weights"].items():
-            print(f"  {weight:.4f}  {text}")
+            print(f"  {weight:.4f}  ({learned[text]:.4f} learned)  {text}")
+    seed = part["seed_example"]
+    print(
+        f"{seed['question']} after {seed['sentence']!r} alone: "
+        f"{seed['weight']:.4f} ({seed['learned_keys_only']:.4f} learned)"
+    )
 
 
 def _fraction(value):
@@ -673,27 +720,48 @@ def markdown(results):
         )
 
     recall = results["recall"]
+    person = recall["person"]
     lines += [
         "",
         "The original example, on the SIB-200 model with memory: five "
-        f"sentences written, the first about a person ({recall['person']!r});"
-        " sentence-level retrieval weight of each question on her slot, on "
+        f"sentences written, the first about a person ({person!r}); "
+        "sentence-level retrieval weight of each question on her slot, on "
         "the best other written slot, and on the learned long-term slots "
-        "together (each row sums to 1 over all slots):",
+        "together (each row sums to 1 over all slots), with the memory's "
+        "keys (learned and lexical parts, lexical weight "
+        f"{recall['lexical_weight']}), and with the learned keys alone (the "
+        "retrieval before lexical keys):",
         "",
         "| question | weight on her sentence | best other | long-term "
-        "slots | recalled |",
-        "|---|---|---|---|---|",
+        "slots | recalled | learned keys alone: her sentence, best other, "
+        "recalled |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def best_other(weights):
+        return max(w for text, w in weights.items() if text != person)
+
     for row in recall["questions"]:
-        others = [
-            w for text, w in row["weights"].items() if text != recall["person"]
-        ]
+        learned = row["learned_keys_only"]
         lines.append(
-            f"| {row['question']} | {row['weights'][recall['person']]:.3f} | "
-            f"{max(others):.3f} | {row['long_term_weight']:.3f} | "
-            f"{'her sentence' if row['person_recalled'] else 'another'} |"
+            f"| {row['question']} | {row['weights'][person]:.3f} | "
+            f"{best_other(row['weights']):.3f} | "
+            f"{row['long_term_weight']:.3f} | "
+            f"{'her sentence' if row['person_recalled'] else 'another'} | "
+            f"{learned['weights'][person]:.3f}, "
+            f"{best_other(learned['weights']):.3f}, "
+            f"{'hers' if learned['person_recalled'] else 'another'} |"
         )
+    seed = recall["seed_example"]
+    lines += [
+        "",
+        f"The seed's own example: {seed['sentence']!r} written alone, then "
+        f"{seed['question']!r}: weight {seed['weight']:.3f} on its slot "
+        f"({seed['learned_keys_only']:.3f} with the learned keys alone), "
+        "the rest on the long-term slots. The question shares no word with "
+        "the sentence, so the lexical part cannot help; with the sentence "
+        "alone in memory it is recalled whatever its weight.",
+    ]
     lines += [
         "",
         f"Backend {results['backend']}, whole run "

@@ -172,18 +172,21 @@ def summarize_run(metrics):
 
 
 def model_name(preset, mixer, config=None):
-    """`NeuroLite-tiny (mlp, 16,384 x 32 Bloom projection)`: the row name.
+    """`NeuroLite-tiny (mlp, 65,536 x 8 Bloom, mean+max pooling)`: the row
+    name.
 
-    The projection's shape is part of the name because the presets changed
-    it (from 4,096 x 128 in tiny), so rows of runs made with different
-    presets stay apart.
+    The projection's shape and the pooling are part of the name because
+    the presets changed them (tiny was 4,096 x 128, then 16,384 x 32, with
+    mean pooling), so rows of runs made with different presets stay apart.
     """
     if config is None:
         config = NeuroLiteConfig.preset(preset).get_config()
     mixer = mixer or config["mixer_type"]
+    # Runs saved before `pooling` was a field were mean-pooled.
+    pooling = config.get("pooling", "mean").replace("_", "+")
     return (
         f"NeuroLite-{preset} ({mixer}, {config['bloom_filter_size']:,} x "
-        f"{config['projection_size']} Bloom projection)"
+        f"{config['projection_size']} Bloom, {pooling} pooling)"
     )
 
 

@@ -242,11 +242,7 @@ class LiteRTClassifier:
         """Checks that the sidecar's memory tensors are in the model."""
         memory = self.memory
         try:
-            shapes = memory_state.memory_state_shapes(
-                int(memory["num_episodic_slots"]),
-                int(memory["key_size"]),
-                int(memory["value_size"]),
-            )
+            shapes = memory_state.memory_state_shapes(*self._memory_sizes())
             names = [memory["write_mask_input"], memory["write_labels_input"]]
             state = {entry["name"]: entry for entry in memory["state"]}
             names += [state[name]["input"] for name in shapes]
@@ -284,10 +280,13 @@ class LiteRTClassifier:
             )
 
     def _memory_sizes(self):
+        """Slots, learned key, value and lexical key widths (a sidecar
+        written before lexical keys has no `lexical_size`: `0`)."""
         return (
             int(self.memory["num_episodic_slots"]),
             int(self.memory["key_size"]),
             int(self.memory["value_size"]),
+            int(self.memory.get("lexical_size", 0)),
         )
 
     def _label_ids(self, labels, count):
@@ -416,9 +415,13 @@ class LiteRTClassifier:
                 is wrong; the current state is then left unchanged.
         """
         self._require_memory()
+        slots, key_size, value_size, lexical_size = self._memory_sizes()
         self._state = memory_state.validate_memory_state(
             state,
-            *self._memory_sizes(),
+            slots,
+            key_size,
+            value_size,
+            lexical_size=lexical_size,
             num_labels=int(self.memory.get("num_labels", 0)),
             where=f"LiteRTClassifier({self.tflite_path!r}).set_memory_state",
         )

@@ -1,20 +1,24 @@
 """The episodic state of an `AssociativeMemory`: its layout, its checks, and
 saving and loading it as a `.npz` file without pickle.
 
-A state is a dict of five NumPy arrays (`E` episodic slots, key width `K`,
+A state is a dict of five NumPy arrays (`E` episodic slots, learned key
+width `K`, lexical key width `L`, `0` for a memory without lexical keys,
 value width `D`):
 
 | name | shape | dtype | meaning |
 |---|---|---|---|
-| `episodic_keys` | `(E, K)` | float32 | unit-length key of each slot |
+| `episodic_keys` | `(E, K + L)` | float32 | learned key, then lexical key |
 | `episodic_values` | `(E, D)` | float32 | value read back from each slot |
 | `episodic_labels` | `(E,)` | int32 | label of each slot, `-1` for none |
 | `episodic_last_used` | `(E,)` | int32 | step of last use, `-1`: empty |
 | `episodic_step` | `(1,)` | int32 | the memory's step counter |
 
-A slot is valid (readable) exactly when its `episodic_last_used` is `>= 0`.
-The layer's trained weights, its query center among them, are not part of
-the state: a state is only meaningful for the model that wrote it.
+A written slot's learned key (its first `K` columns) and lexical key (the
+last `L`) are unit vectors. A slot is valid (readable) exactly when its
+`episodic_last_used` is `>= 0`.
+The layer's trained weights, its query center and token frequencies among
+them, are not part of the state: a state is only meaningful for the model
+that wrote it.
 The same arrays are the layer's non-trainable weights, so they also travel
 inside a `.keras` file, and they are the explicit state tensors of an
 exported TFLite model.
@@ -42,10 +46,13 @@ FORMAT_VERSION = 1
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def memory_state_shapes(num_episodic_slots, key_size, value_size):
-    """Returns `{name: shape}` of the state of a memory of these sizes."""
+def memory_state_shapes(
+    num_episodic_slots, key_size, value_size, lexical_size=0
+):
+    """Returns `{name: shape}` of the state of a memory of these sizes
+    (`lexical_size`: the width of the lexical part of its keys)."""
     return {
-        "episodic_keys": (num_episodic_slots, key_size),
+        "episodic_keys": (num_episodic_slots, key_size + lexical_size),
         "episodic_values": (num_episodic_slots, value_size),
         "episodic_labels": (num_episodic_slots,),
         "episodic_last_used": (num_episodic_slots,),
@@ -53,9 +60,13 @@ def memory_state_shapes(num_episodic_slots, key_size, value_size):
     }
 
 
-def empty_memory_state(num_episodic_slots, key_size, value_size):
+def empty_memory_state(
+    num_episodic_slots, key_size, value_size, lexical_size=0
+):
     """Returns the state of an empty memory: every slot invalid, step 0."""
-    shapes = memory_state_shapes(num_episodic_slots, key_size, value_size)
+    shapes = memory_state_shapes(
+        num_episodic_slots, key_size, value_size, lexical_size
+    )
     state = {}
     for name, shape in shapes.items():
         if name in FLOAT_FIELDS:
@@ -117,6 +128,7 @@ def validate_memory_state(
     value_size,
     num_labels=0,
     where="set_memory_state",
+    lexical_size=0,
 ):
     """Checks a state against a memory's sizes; returns clean arrays.
 
@@ -130,12 +142,16 @@ def validate_memory_state(
         num_episodic_slots, key_size, value_size: int. The memory's sizes.
         num_labels: int. When positive, labels must be `-1` or below it.
         where: str. Named at the start of every error message.
+        lexical_size: int. Width of the lexical part of the keys, `0` for
+            a memory without lexical keys.
 
     Raises:
         ValueError: naming the array and what is wrong with it.
     """
     arrays = _check_structure(state, where)
-    expected = memory_state_shapes(num_episodic_slots, key_size, value_size)
+    expected = memory_state_shapes(
+        num_episodic_slots, key_size, value_size, lexical_size
+    )
     for name in STATE_FIELDS[:-1]:
         slots = arrays[name].shape[0] if arrays[name].ndim else None
         if slots != num_episodic_slots:
@@ -148,9 +164,15 @@ def validate_memory_state(
     for name in STATE_FIELDS:
         value = arrays[name]
         if value.shape != expected[name]:
+            detail = ""
+            if name == "episodic_keys":
+                detail = (
+                    f" (learned key {key_size} + lexical key {lexical_size} "
+                    "wide)"
+                )
             raise ValueError(
-                f"{where}: `{name}` must have shape {expected[name]}. "
-                f"Received shape {value.shape}"
+                f"{where}: `{name}` must have shape {expected[name]}"
+                f"{detail}. Received shape {value.shape}"
             )
         if name in FLOAT_FIELDS:
             if not np.all(np.isfinite(value)):

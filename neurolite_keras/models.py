@@ -16,11 +16,13 @@ from neurolite_keras.featurizer import check_texts
 from neurolite_keras.layers import FNetBlock
 from neurolite_keras.layers import HashProjection
 from neurolite_keras.layers import HyperMixerBlock
+from neurolite_keras.layers import MaskedMaxPooling
 from neurolite_keras.layers import MaskedMeanPooling
 from neurolite_keras.layers import MlpMixerBlock
 from neurolite_keras.layers import TokenDropout
 from neurolite_keras.layers.memory import AssociativeMemory
 from neurolite_keras.layers.memory import EpisodicLabelReadout
+from neurolite_keras.layers.memory import lexical_key_size
 from neurolite_keras.layers.routing import MixtureOfExperts
 from neurolite_keras.layers.symbolic import SymbolicFusion
 from neurolite_keras.rules import RuleSet
@@ -82,11 +84,14 @@ def mixer_block(config, index):
 
 
 def make_memory(config, num_labels, name):
+    """The `AssociativeMemory` of a model of `config`, with lexical keys
+    (`lexical_key_size` of the featurizer's `num_hashes`)."""
     return AssociativeMemory(
         num_memory_slots=config.num_memory_slots,
         num_episodic_slots=config.num_episodic_slots,
         key_size=config.memory_key_size,
         num_labels=num_labels,
+        lexical_size=lexical_key_size(config.num_hashes),
         name=name,
     )
 
@@ -213,10 +218,17 @@ class NeuroLiteModel(keras.Model):
         label_scores = None
         if memory is not None and num_memory_labels:
             x, label_scores = memory(
-                x, padding_mask=padding_mask, return_label_scores=True
+                x,
+                padding_mask=padding_mask,
+                hash_indices=inputs["hash_indices"],
+                return_label_scores=True,
             )
         elif memory is not None:
-            x = memory(x, padding_mask=padding_mask)
+            x = memory(
+                x,
+                padding_mask=padding_mask,
+                hash_indices=inputs["hash_indices"],
+            )
         outputs = final_norm(x)
         if label_scores is not None:
             # A classifier's backbone also hands on, per label, how well the
@@ -244,6 +256,18 @@ class NeuroLiteModel(keras.Model):
         self._experts_probe = (
             keras.Model(inputs, experts_input) if experts is not None else None
         )
+
+    @property
+    def memory_probe(self):
+        """The backbone up to the memory's input, or `None` without memory.
+
+        A functional sub-model that shares the backbone's layers: it maps
+        the feature inputs (as `featurize` returns them) to the token states
+        the memory reads, `(batch, max_sequence_length, hidden_size)`, which
+        `memory.write` and `memory(..., state=...)` take with the features'
+        `padding_mask` and `hash_indices`.
+        """
+        return self._memory_probe
 
     def expert_usage(self, texts):
         """Each text's share of token assignments per expert, `(n, E)`."""
@@ -293,7 +317,10 @@ class NeuroLiteModel(keras.Model):
         features = self.featurizer(texts)
         hidden = self._memory_probe.predict_on_batch(features)
         slots = self.memory.write(
-            hidden, padding_mask=features["padding_mask"], labels=labels
+            hidden,
+            padding_mask=features["padding_mask"],
+            labels=labels,
+            hash_indices=features["hash_indices"],
         )
         for text, slot in zip(texts, np.asarray(slots).tolist()):
             if slot >= 0:
@@ -304,7 +331,10 @@ class NeuroLiteModel(keras.Model):
         """The written texts each query recalls: `(text, slot, weight)`.
 
         The weights are the sentence-level Hopfield retrieval weights on the
-        episodic slots (the long-term slots take the rest of the mass).
+        episodic slots (the long-term slots take the rest of the mass): the
+        learned keys' cosine mixed with the lexical keys' (see
+        `AssociativeMemory`), so a question that shares a rare word, such
+        as a name, with a written text recalls it.
         """
         self._require_memory()
         texts = check_texts(texts)
@@ -313,6 +343,7 @@ class NeuroLiteModel(keras.Model):
         _, attention = self.memory(
             hidden,
             padding_mask=features["padding_mask"],
+            hash_indices=features["hash_indices"],
             return_attention=True,
         )
         episodic = keras.ops.convert_to_numpy(attention)[
@@ -376,8 +407,8 @@ class NeuroLiteModel(keras.Model):
 
 @keras.saving.register_keras_serializable(package="neurolite")
 class NeuroLiteForClassification(keras.Model):
-    """A text classifier: the NeuroLite backbone, masked mean pooling and a
-    dense head.
+    """A text classifier: the NeuroLite backbone, masked pooling of its
+    token vectors (`config.pooling`: mean, max or both) and a dense head.
 
     `fit`, `evaluate` and `predict` take raw texts (a list of str) as well
     as feature dicts; labels may be label names or integer ids. Outputs are
@@ -420,7 +451,11 @@ class NeuroLiteForClassification(keras.Model):
         token_dropout = TokenDropout(
             config.token_dropout_rate, name="token_dropout"
         )
-        pooling = MaskedMeanPooling(name="pooling")
+        poolings = []
+        if config.pooling in ("mean", "mean_max"):
+            poolings.append(MaskedMeanPooling(name="pooling"))
+        if config.pooling in ("max", "mean_max"):
+            poolings.append(MaskedMaxPooling(name="max_pooling"))
         dropout = keras.layers.Dropout(config.dropout_rate, name="head_dropout")
         fusion = None
         if config.use_symbolic_module:
@@ -437,7 +472,9 @@ class NeuroLiteForClassification(keras.Model):
             head_query = keras.layers.Dense(
                 config.memory_key_size, name="head_query"
             )
-            head = EpisodicLabelReadout(num_labels, name="head")
+            head = EpisodicLabelReadout(
+                num_labels, margin=config.memory_readout_margin, name="head"
+            )
         else:
             head = keras.layers.Dense(num_labels, name="head")
 
@@ -453,16 +490,17 @@ class NeuroLiteForClassification(keras.Model):
         backbone_inputs = {k: inputs[k] for k in backbone.input}
         backbone_inputs["padding_mask"] = padding_mask
         hidden = backbone(backbone_inputs)
+        sequence = hidden["sequence_output"] if memory_labels else hidden
+        pooled = [
+            pool(sequence, padding_mask=padding_mask) for pool in poolings
+        ]
+        if len(pooled) > 1:
+            pooled = [keras.layers.Concatenate(name="pooled")(pooled)]
+        pooled = dropout(pooled[0])
         if memory_labels:
-            pooled = pooling(
-                hidden["sequence_output"], padding_mask=padding_mask
-            )
-            logits = head(
-                head_query(dropout(pooled)), hidden["memory_label_scores"]
-            )
+            logits = head(head_query(pooled), hidden["memory_label_scores"])
         else:
-            pooled = pooling(hidden, padding_mask=padding_mask)
-            logits = head(dropout(pooled))
+            logits = head(pooled)
         if fusion is not None:
             logits = fusion(logits, inputs["rule_evidence"])
         super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
@@ -502,6 +540,30 @@ class NeuroLiteForClassification(keras.Model):
                 "`config.use_symbolic_module = True`."
             )
         self.rules = _check_rules(rules, self.label_names)
+
+    @property
+    def memory_readout_margin(self):
+        """The readout's margin (see `EpisodicLabelReadout`), or `None`
+        without memory. Set it to a margin chosen on held-out data: the head
+        uses it at once and `config.memory_readout_margin` keeps it, so it
+        is saved with the model."""
+        if not self.config.use_external_memory:
+            return None
+        return self.get_layer("head").margin
+
+    @memory_readout_margin.setter
+    def memory_readout_margin(self, margin):
+        if not self.config.use_external_memory:
+            raise ValueError(
+                "This model has no external memory, so no readout margin: "
+                "build it with `config.use_external_memory = True`."
+            )
+        self.config.memory_readout_margin = margin  # Checks the value.
+        self.get_layer("head").margin = self.config.memory_readout_margin
+        # Traced step functions hold the old margin as a constant.
+        self.train_function = None
+        self.test_function = None
+        self.predict_function = None
 
     def write_memory(self, texts, labels=None):
         """Writes texts into episodic memory; labels (names or ids) let
@@ -761,6 +823,8 @@ class NeuroLiteForClassification(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         memory_texts = config.pop("memory_texts", None)
+        # Models saved before `pooling` was a field were mean-pooled.
+        config["config"] = {"pooling": "mean", **config["config"]}
         model = cls(**config)
         if memory_texts is not None:
             model.backbone.memory_texts = list(memory_texts)

@@ -119,7 +119,13 @@ def test_quick_run_structure(data_dir):
         assert all(_in_unit_interval(w) for w in weights)
         assert sum(weights) <= 1.0 + 1e-5
         assert row["recalled"] == max(row["weights"], key=row["weights"].get)
+        learned = row["learned_keys_only"]["weights"]
+        assert sorted(learned) == sorted(recall["written"])
+    seed = recall["seed_example"]
+    assert _in_unit_interval(seed["weight"])
+    assert _in_unit_interval(seed["learned_keys_only"])
 
     table = bench.markdown(results)
     assert "| none (before) |" in table and "| 2 |" in table
+    assert "learned keys alone" in table and bench.SEED_QUESTION in table
     assert np.isfinite(results["total_seconds"])

@@ -27,8 +27,11 @@ def test_keyword_construction_from_the_original_interface():
         ("hidden_size", True),
         ("dropout_rate", 1.5),
         ("mixer_type", "attention"),
+        ("pooling", "sum"),
         ("use_external_memory", "yes"),
         ("router_aux_loss_weight", -1.0),
+        ("memory_readout_margin", 1.0),
+        ("memory_readout_margin", -0.1),
     ],
 )
 def test_invalid_values_name_the_field_and_value(field, value):

@@ -78,7 +78,7 @@ def test_memory_and_routing_example_quick(tmp_path, data_dir):
     )
     # The seed example: three writes, then a question recalls them.
     assert out.count("  wrote: ") == 3
-    assert len(re.findall(r"recalls slot \d with weight 0\.\d+", out)) == 3
+    assert len(re.findall(r"recalls slot \d with weight [01]\.\d+", out)) == 3
     # Experts' shares and the rules that fired, per prediction.
     assert "experts' share of training tokens in the last epoch" in out
     assert "rules fired: sport (support sports, matched match/football)" in out
@@ -136,6 +136,9 @@ def test_benchmark_comparison_example(tmp_path, data_dir):
         assert row.get("error") is None, row
         assert row["tflite_ms"] > 0 and row["keras_ms"] > 0
         assert row["memory_mb"] > 0 and row["tflite_file_mb"] > 0
+        # The split of the memory figure: the mapped file and the arena.
+        assert row["model_file_mb"] > 0 and row["anonymous_mb"] > 0
+        assert row["process_peak_mb"] > row["memory_mb"]
     # BERT-tiny's size: 2 layers, hidden 128, 512 positions, 7-label head.
     assert rows["bert-tiny", "float32"]["num_parameters"] == 4_386_823
     # Full-integer weights: the int8 file is well under the float32 bytes.
@@ -202,6 +205,65 @@ def test_benchmark_rows_growth_and_aims():
     )
     assert "| bert-tiny | float32 | failed: RuntimeError: boom |" in table
     assert "150.0x faster" in table
+
+
+def test_benchmark_memory_split_and_table():
+    module = _benchmark_module()
+    library = "/venv/site-packages/ai_edge_litert"
+    kind = module.mapping_kind
+    assert kind("/tmp/m.tflite", "/tmp/m.tflite", library) == "model_file"
+    assert kind(f"{library}/libLiteRt.so", "/m", library) == (
+        "interpreter_library"
+    )
+    assert kind("/usr/lib/libc.so.6", "/m", library) == "other_files"
+    assert kind("[heap]", "/m", library) == "anonymous"
+    assert kind("", "/m", library) == "anonymous"
+    measured = {
+        "peak_beyond_interpreter_bytes": 5 * 2**20,
+        "rss_growth_bytes": 4 * 2**20,
+        "process_peak_rss_bytes": 60 * 2**20,
+        "rss_growth_by_kind_bytes": {
+            "model_file": 2**20,
+            "anonymous": 2 * 2**20,
+            "interpreter_library": 2**20 // 2,
+            "other_files": 2**20 // 2,
+        },
+    }
+    columns = module.memory_columns(measured)
+    assert columns["memory_mb"] == 5.0
+    assert columns["peak_minus_end_mb"] == 1.0
+    assert columns["anonymous_mb"] == 2.0
+    assert columns["uss_growth_mb"] is None
+    row = {
+        "model": "tiny",
+        "format": "int8",
+        "num_parameters": 10,
+        "keras_file_mb": 1.0,
+        "keras_ms": 2.0,
+        "tflite_ms": 1.0,
+        **columns,
+    }
+    aims = module.check_aims([row])
+    assert not aims["memory_mb"]["met"]
+    table = module.markdown(
+        [row],
+        aims,
+        {
+            "sequence_length": 256,
+            "long_length": 0,
+            "machine": "test",
+            "repeats": 3,
+            "warmup": 1,
+            "threads": 1,
+            "command": "python benchmark_comparison.py",
+            "seconds": 60.0,
+            "load_average_start": [1.0, 2.0, 3.0],
+            "load_average_end": [4.0, 5.0, 6.0],
+        },
+    )
+    assert "| tiny | int8 | 5.00 | 1.00 | 2.00 | 0.50 | 0.50 | 1.00 |" in table
+    assert "not met, 1.00 MB over" in table
+    assert "1.0, 2.0, 3.0 at the start and 4.0, 5.0, 6.0 at the end" in table
 
 
 def test_benchmark_rejects_unknown_model():

@@ -203,9 +203,9 @@ def test_int8_is_full_integer_with_per_channel_or_per_tensor_weights(
 
     for name, per_channel in (("int8", True), ("int8_per_tensor", False)):
         path = exports[name].tflite_path
-        # Everything but the negation inside each layer normalization
-        # (TFLite's quantizer has no int8 NEG) computes in int8.
-        assert {op for op, _ in float_operators(path)} <= {"NEG"}
+        # Every operator computes in int8: layer normalizations are traced
+        # in `export_forms`, which has no NEG (TFLite has no int8 NEG).
+        assert not float_operators(path)
         interpreter = Interpreter(model_path=path)
         tensors = interpreter.get_tensor_details()
         weights = [
@@ -325,11 +325,9 @@ def test_every_mixer_exports_to_int8_with_parity(
         calibration_texts=sib200.train.texts,
     )
     _check_operators_and_shapes(result)
-    keep = np.linspace(0, len(texts) - 1, 64).round().astype(int)
-    report = parity_report(
-        path, result.tflite_path,
-        [texts[i] for i in keep], [labels[i] for i in keep],
-    )
+    # All 210 fitted sentences: on 64, one flip of a near-tie (a margin of
+    # 0.01 logits) already failed the 0.99 bar.
+    report = parity_report(path, result.tflite_path, texts, labels)
     assert report["top1_agreement"] >= 0.99, report
     assert report["accuracy_drop"] <= 0.01, report
 

@@ -4,6 +4,7 @@ import pytest
 from harness import check_layer
 
 from neurolite_keras.layers import HashProjection
+from neurolite_keras.layers import MaskedMaxPooling
 from neurolite_keras.layers import MaskedMeanPooling
 from neurolite_keras.layers import MlpMixerBlock
 from neurolite_keras.layers import TokenDropout
@@ -83,6 +84,29 @@ def test_masked_mean_pooling_handles_empty_sequences():
         MaskedMeanPooling()(x, padding_mask=mask)
     )
     np.testing.assert_allclose(pooled, [[1, 1], [0, 0]])
+
+
+def test_masked_max_pooling_takes_the_max_of_real_tokens(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 6, 4)).astype("float32")
+    # Real tokens anywhere (word dropout can drop the first one); padding
+    # holding values far above the real ones; one empty sequence.
+    mask = np.array(
+        [[1, 1, 1, 0, 0, 0], [0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], "int32"
+    )
+    x[mask == 0] = 50.0
+    pooled = check_layer(
+        MaskedMaxPooling,
+        {},
+        {"inputs": x, "padding_mask": mask},
+        expected_output_shape=(3, 4),
+        expected_num_trainable_weights=0,
+        run_training_step=False,
+        tmp_path=tmp_path,
+    )
+    expected = [x[i][mask[i] == 1].max(axis=0) for i in range(2)]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pooled)[:2], expected)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(pooled)[2], 0.0)
 
 
 def test_hash_projection_index_dropout_only_in_training():

@@ -19,6 +19,8 @@ from neurolite_keras.memory_state import load_memory_state
 from neurolite_keras.memory_state import save_memory_state
 
 SEQUENCE, HIDDEN, SLOTS, KEY = 6, 8, 3, 16
+# Lexical keys of texts with 4 MinHash indices per token: 2 bands of 64.
+HASHES, LEXICAL = 4, 128
 
 
 def _numpy(x):
@@ -34,6 +36,19 @@ def _texts(count, seed=0, num_real=None):
         mask[:, num_real:] = 0
         hidden[:, num_real:] = 0
     return hidden, mask
+
+
+def _hashed_texts(texts, seed=0):
+    """MinHash indices `(len(texts), SEQUENCE, HASHES)` and the padding
+    mask of texts given as lists of word ids: each word has its own random
+    indices, as the featurizer gives a word the same ones every time."""
+    words = np.random.default_rng(seed).integers(0, 16384, (5000, HASHES))
+    hashes = np.zeros((len(texts), SEQUENCE, HASHES), "int32")
+    mask = np.zeros((len(texts), SEQUENCE), "float32")
+    for row, text in enumerate(texts):
+        hashes[row, : len(text)] = words[text]
+        mask[row, : len(text)] = 1
+    return hashes, mask
 
 
 def _memory(num_labels=5, **kwargs):
@@ -125,6 +140,125 @@ def test_a_written_text_is_recalled_with_the_highest_weight():
     assert attention.shape == (3, 4 + SLOTS)
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
     assert attention.argmax(axis=1).tolist() == [4, 5, 6]
+
+
+def _lexical_keys(memory, texts, seed=0):
+    """Writes `texts` (lists of word ids) with random token states and
+    returns their lexical keys, one row per text."""
+    memory.reset()
+    hashes, mask = _hashed_texts(texts)
+    hidden = np.random.default_rng(seed).normal(size=(*mask.shape, HIDDEN))
+    hidden = (hidden * mask[..., None]).astype("float32")
+    memory.write(hidden, mask, hash_indices=hashes)
+    return memory.get_state()["episodic_keys"][: len(texts), KEY:]
+
+
+def test_lexical_keys_match_shared_words_and_discount_frequent_ones():
+    memory = _memory(num_labels=0, lexical_size=LEXICAL)
+    # Word 1 will be frequent, words 2 and 3 rare; 10-13 occur once.
+    text, shares_rare, shares_frequent = [1, 2, 3], [2, 10, 11], [1, 12, 13]
+    keys = _lexical_keys(memory, [text, shares_rare, shares_frequent])
+    np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1.0, rtol=1e-5)
+    # Before any training every word weighs the same: one shared word of
+    # three gives a cosine near 1/3, whichever it is.
+    rare, frequent = keys[0] @ keys[1], keys[0] @ keys[2]
+    assert 0.2 < rare < 0.5 and 0.2 < frequent < 0.5, (rare, frequent)
+    # The same words with other token states: the same lexical key.
+    again = _lexical_keys(memory, [text, [20, 21, 22], [23, 24]], seed=1)
+    np.testing.assert_allclose(again[0] @ keys[0], 1.0, rtol=1e-5)
+    assert abs(again[0] @ again[1]) < 0.2 and abs(again[0] @ again[2]) < 0.2
+
+    # Training counts the words: word 1 is in every training text.
+    hashes, mask = _hashed_texts([[1, 30 + i, 40 + i] for i in range(8)])
+    hidden = np.ones((8, SEQUENCE, HIDDEN), "float32")
+    memory(hidden, padding_mask=mask, hash_indices=hashes, training=True)
+    assert _numpy(memory.tokens_counted).tolist() == [24.0]
+    # Each token adds to one counter per band: the shares sum to 2.
+    frequencies = _numpy(memory.token_frequencies)
+    np.testing.assert_allclose(frequencies.sum(), 2.0, rtol=1e-5)
+    memory(hidden, padding_mask=mask, hash_indices=hashes)  # Frozen.
+    assert _numpy(memory.tokens_counted).tolist() == [24.0]
+    keys = _lexical_keys(memory, [text, shares_rare, shares_frequent])
+    rare, frequent = keys[0] @ keys[1], keys[0] @ keys[2]
+    assert rare > 0.3 and abs(frequent) < 0.1, (rare, frequent)
+
+
+def test_shared_words_outweigh_the_learned_keys():
+    """The text whose token states are the query's own (learned cosine
+    about 1) loses to the one that shares most of its words, unless the
+    lexical part is switched off."""
+    keras.utils.set_random_seed(0)
+    memory = _memory(num_labels=0, lexical_size=LEXICAL)
+    hidden, _ = _texts(3, seed=14)
+    # Text 0 shares three of the query's four words; texts 1 and 2 none.
+    hashes, mask = _hashed_texts([[1, 2, 3, 4], [7, 8, 9, 5], [10, 11, 6]])
+    query_hashes, query_mask = _hashed_texts([[1, 2, 3, 12]])
+    memory.write(hidden, mask, hash_indices=hashes)
+    # The query's token states are text 1's, slightly moved.
+    query = hidden[1:2] + 0.1 * hidden[2:3]
+    weights, streams = {}, {}
+    for lexical_weight in (0.0, 3.0):
+        memory.lexical_weight = lexical_weight
+        stream, attention = memory(
+            query,
+            padding_mask=query_mask,
+            hash_indices=query_hashes,
+            return_attention=True,
+        )
+        weights[lexical_weight] = _numpy(attention)[0, 4:]
+        streams[lexical_weight] = _numpy(stream)
+    assert weights[0.0].argmax() == 1, weights
+    assert weights[3.0].argmax() == 0, weights
+    # Token reads use the learned keys only: the stream is the same.
+    np.testing.assert_array_equal(streams[0.0], streams[3.0])
+
+
+def test_lexical_memory_layer_checks(tmp_path):
+    hidden, mask = _texts(2, num_real=4)
+    hashes, _ = _hashed_texts([[1, 2, 3, 4], [5, 6, 7, 8]])
+    check_layer(
+        AssociativeMemory,
+        {
+            "num_memory_slots": 4,
+            "num_episodic_slots": SLOTS,
+            "key_size": KEY,
+            "lexical_size": LEXICAL,
+        },
+        {"inputs": hidden, "padding_mask": mask, "hash_indices": hashes},
+        expected_output_shape=(2, SEQUENCE, HIDDEN),
+        expected_num_trainable_weights=10,
+        # The episodic state, the query center and the token frequencies.
+        expected_num_non_trainable_weights=len(memory_state.STATE_FIELDS) + 3,
+        tmp_path=tmp_path,
+    )
+
+
+def test_lexical_memory_rejects_bad_arguments_and_states():
+    with pytest.raises(ValueError, match="lexical_size=-1"):
+        AssociativeMemory(4, 2, KEY, lexical_size=-1)
+    with pytest.raises(ValueError, match="lexical_weight=-0.5"):
+        AssociativeMemory(4, 2, KEY, lexical_weight=-0.5)
+    with pytest.raises(ValueError, match="num_frequency_counters=40000"):
+        AssociativeMemory(4, 2, KEY, num_frequency_counters=40000)
+    hidden, mask = _texts(1)
+    hashes, _ = _hashed_texts([[1, 2, 3]])
+    odd = _memory(lexical_size=LEXICAL + 1)
+    with pytest.raises(ValueError, match="multiple of the number of bands"):
+        odd(hidden, padding_mask=mask, hash_indices=hashes)
+    memory = _memory(lexical_size=LEXICAL)
+    with pytest.raises(ValueError, match="pass the texts' `hash_indices`"):
+        memory(hidden, padding_mask=mask)
+    with pytest.raises(ValueError, match="`hash_indices` of shape"):
+        memory.write(hidden, mask)
+    assert memory.get_state()["episodic_step"].tolist() == [0]
+    # A state without the lexical part (from a memory without one).
+    state = memory_state.empty_memory_state(SLOTS, KEY, HIDDEN)
+    with pytest.raises(ValueError, match=r"learned key 16 \+ lexical key 128"):
+        memory.set_state(state)
+    _assert_states_equal(
+        memory.get_state(),
+        memory_state.empty_memory_state(SLOTS, KEY, HIDDEN, LEXICAL),
+    )
 
 
 def test_empty_slots_get_exactly_zero_weight():
@@ -363,29 +497,42 @@ def test_predict_reads_refresh_the_usage_record():
 
 
 def _sequence(seed=12):
-    """Writes and reads: (hidden, mask, write, label) per step, batch 1."""
+    """Writes and reads: (hidden, mask, write, label, hash_indices) per
+    step, batch 1; a read near a written text shares two of its words."""
     hidden, mask = _texts(4, seed=seed, num_real=5)
+    words = np.arange(1, 21).reshape(4, 5)
+    hashes, _ = _hashed_texts(words)
+    near_hashes, _ = _hashed_texts(
+        np.concatenate([words[:, :2], words[:, 2:] + 20], 1)
+    )
     rng = np.random.default_rng(seed)
     near = hidden + 0.2 * rng.normal(size=hidden.shape) * mask[..., None]
     near = near.astype("float32")
-    steps = [(hidden[0], 1, 1), (hidden[1], 1, 2), (near[0], 0, -1)]
-    steps += [(hidden[2], 1, 3), (hidden[3], 1, 4), (near[3], 0, -1)]
-    steps += [(near[1], 0, -1)]
-    return [(h[None], mask[:1], w, label) for h, w, label in steps]
+    steps = [(hidden, hashes, 0, 1, 1), (hidden, hashes, 1, 1, 2)]
+    steps += [(near, near_hashes, 0, 0, -1), (hidden, hashes, 2, 1, 3)]
+    steps += [(hidden, hashes, 3, 1, 4), (near, near_hashes, 3, 0, -1)]
+    steps += [(near, near_hashes, 1, 0, -1)]
+    return [
+        (h[i : i + 1], mask[:1], w, label, x[i : i + 1])
+        for h, x, i, w, label in steps
+    ]
 
 
 _READ_OUTPUTS = ("outputs", "attention", "scores", "query")
 
 
-def _variable_step(memory, hidden, mask, write, label, readout=None):
+def _variable_step(
+    memory, hidden, mask, write, label, hashes=None, readout=None
+):
     """One step of `_sequence` on the layer's variables; the read outputs
     by name, or `None` for a write."""
     if write:
-        memory.write(hidden, mask, labels=[label])
+        memory.write(hidden, mask, labels=[label], hash_indices=hashes)
         return None
     outputs = memory(
         hidden,
         padding_mask=mask,
+        hash_indices=hashes,
         return_attention=True,
         return_label_scores=True,
         return_sentence_query=True,
@@ -396,14 +543,17 @@ def _variable_step(memory, hidden, mask, write, label, readout=None):
     return {key: _numpy(value) for key, value in named.items()}
 
 
-def test_explicit_state_matches_the_variables():
-    memory = _memory()
+@pytest.mark.parametrize("lexical_size", [0, LEXICAL])
+def test_explicit_state_matches_the_variables(lexical_size):
+    memory = _memory(lexical_size=lexical_size)
     state = memory.get_state()
-    for hidden, mask, write, label in _sequence():
-        expected = _variable_step(memory, hidden, mask, write, label)
+    for hidden, mask, write, label, hashes in _sequence():
+        hashes = hashes if lexical_size else None
+        expected = _variable_step(memory, hidden, mask, write, label, hashes)
         *outputs, state = memory(
             hidden,
             padding_mask=mask,
+            hash_indices=hashes,
             return_attention=True,
             return_label_scores=True,
             return_sentence_query=True,
@@ -608,8 +758,10 @@ def test_tflite_explicit_state_builtins_and_parity(tensorflow_backend):
     assert not [n for n in names if n.upper().startswith("FLEX")], names
 
     state = memory.get_state()
-    for hidden, mask, write, label in _sequence():
-        expected = _variable_step(memory, hidden, mask, write, label, readout)
+    for hidden, mask, write, label, _ in _sequence():
+        expected = _variable_step(
+            memory, hidden, mask, write, label, readout=readout
+        )
         result = lite(
             hidden=hidden,
             mask=mask,

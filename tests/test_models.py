@@ -327,6 +327,83 @@ def test_model_saved_uncompiled_loads_compiled(tmp_path):
     assert np.isfinite(loss) and 0 <= accuracy <= 1
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max", "mean_max"])
+def test_pooling_choices_save_and_reload(pooling, tmp_path):
+    config = NeuroLiteConfig(**SMALL, pooling=pooling)
+    model = NeuroLiteForClassification(config, label_names=["food", "sport"])
+    head_inputs = {"mean": 32, "max": 32, "mean_max": 64}[pooling]
+    assert model.get_layer("head").kernel.shape == (head_inputs, 2)
+    texts = ["une pizza chaude", "le match de foot", ""]
+    before = model.predict(texts, verbose=0)["logits"]
+    assert np.all(np.isfinite(before))
+    path = tmp_path / "pooled.keras"
+    model.save(path)
+    again = load_model(path).predict(texts, verbose=0)["logits"]
+    np.testing.assert_allclose(again, before, rtol=1e-5, atol=1e-5)
+
+
+def test_model_saved_before_the_pooling_field_loads_mean_pooled():
+    model = NeuroLiteForClassification(
+        NeuroLiteConfig(**SMALL, pooling="mean"), label_names=["a", "b"]
+    )
+    saved = model.get_config()
+    del saved["config"]["pooling"]
+    rebuilt = NeuroLiteForClassification.from_config(saved)
+    assert rebuilt.config.pooling == "mean"
+    rebuilt.set_weights(model.get_weights())
+    features = model.featurize(["le match de foot"])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(rebuilt(features)["logits"]),
+        keras.ops.convert_to_numpy(model(features)["logits"]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_memory_readout_margin_survives_a_keras_round_trip(tmp_path):
+    """A margin chosen on dev (`config.memory_readout_margin`, or the
+    model's setter) is saved with the model and sets the written labels'
+    logits: the text written with a label scores `scale * (1 - margin)`
+    for it, its cosine with itself being 1."""
+    keras.utils.set_random_seed(0)
+    config = NeuroLiteConfig(
+        **SMALL,
+        use_external_memory=True,
+        num_episodic_slots=4,
+        memory_readout_margin=0.5,
+    )
+    model = NeuroLiteForClassification(config, label_names=["a", "b", "new"])
+    assert model.memory_readout_margin == 0.5
+    text = "fermer mon compte bancaire"
+    model.write_memory([text], ["new"])
+    scale = model.get_layer("head").scale
+    logits = model.predict([text], verbose=0)["logits"]
+    np.testing.assert_allclose(logits[0, 2], scale * 0.5, rtol=1e-5)
+
+    path = tmp_path / "margin.keras"
+    model.save(path)
+    reloaded = load_model(path)
+    assert reloaded.config.memory_readout_margin == 0.5
+    assert reloaded.get_layer("head").margin == 0.5
+    np.testing.assert_allclose(
+        reloaded.predict([text], verbose=0)["logits"], logits, atol=1e-5
+    )
+    reloaded.memory_readout_margin = 0.2
+    np.testing.assert_allclose(
+        reloaded.predict([text], verbose=0)["logits"][0, 2],
+        scale * 0.8,
+        rtol=1e-5,
+    )
+    assert reloaded.get_config()["config"]["memory_readout_margin"] == 0.2
+    with pytest.raises(ValueError, match="memory_readout_margin=1.0"):
+        reloaded.memory_readout_margin = 1.0
+    assert reloaded.memory_readout_margin == 0.2
+    plain = NeuroLiteForClassification(NeuroLiteConfig(**SMALL))
+    assert plain.memory_readout_margin is None
+    with pytest.raises(ValueError, match="no external memory"):
+        plain.memory_readout_margin = 0.3
+
+
 def test_package_exports_the_litert_runner_without_heavy_imports():
     # The runner is named `neurolite_keras.LiteRTClassifier` in the README;
     # importing the package must still not load LiteRT or TensorFlow.

@@ -6,6 +6,7 @@ from neurolite_keras.layers.hypermixer import HyperMixerBlock
 from neurolite_keras.layers.memory import AssociativeMemory
 from neurolite_keras.layers.memory import EpisodicLabelReadout
 from neurolite_keras.layers.mlp_mixer import MlpMixerBlock
+from neurolite_keras.layers.pooling import MaskedMaxPooling
 from neurolite_keras.layers.pooling import MaskedMeanPooling
 from neurolite_keras.layers.projection import HashProjection
 from neurolite_keras.layers.routing import MixtureOfExperts

@@ -19,6 +19,70 @@ _EXCLUDED = -1e9
 # Label score of a label that no episodic slot carries (cosines are >= -1).
 ABSENT_LABEL_SCORE = -2.0
 
+# Lexical keys (see `AssociativeMemory`). A band mixes two of a token's
+# MinHash indices into one bucket, so two tokens share a band's bucket with
+# probability about J**2 (J: the Jaccard similarity of their character
+# n-gram sets) plus chance collisions: a word matches itself in every band,
+# its inflections in many, and words that merely share an affix in few.
+HASHES_PER_BAND = 2
+# Lexical buckets per band that `lexical_key_size` gives.
+LEXICAL_BUCKETS_PER_BAND = 64
+# Odd multipliers (and a per-band offset) that mix a band's two indices.
+_SKETCH_MULTIPLIER = 40503
+_COUNTER_MULTIPLIER = 30011
+_COUNTER_BAND_OFFSET = 7919
+# Smooth inverse frequency: a token of estimated frequency p weighs
+# a / (a + p) in its text's lexical key (Arora et al. 2017, "A Simple but
+# Tough-to-Beat Baseline for Sentence Embeddings").
+_SIF_SMOOTHING = 1e-3
+# Bucket counts are mixed with int32 products: at most this many.
+_MAX_BUCKETS = 32768
+
+
+def lexical_key_size(num_hashes, buckets_per_band=LEXICAL_BUCKETS_PER_BAND):
+    """The `lexical_size` of a memory whose texts have `num_hashes` MinHash
+    indices per token: `buckets_per_band` for each band of
+    `HASHES_PER_BAND` indices.
+
+    Args:
+        num_hashes: int. MinHash indices per token (`config.num_hashes`).
+        buckets_per_band: int. Defaults to `LEXICAL_BUCKETS_PER_BAND`.
+
+    Returns:
+        int.
+
+    Example:
+
+    >>> lexical_key_size(16)  # The tiny preset: 8 bands of 64 buckets.
+    512
+    """
+    return _num_bands(num_hashes) * buckets_per_band
+
+
+def _num_bands(num_hashes):
+    return max(1, num_hashes // HASHES_PER_BAND)
+
+
+def _band_buckets(hash_indices, num_buckets, multiplier, band_offset=0):
+    """int32 `(batch, sequence, bands)`: each band's two MinHash indices
+    mixed into a bucket in `[0, num_buckets)`. Integer ops only (FLOOR_MOD
+    in TFLite); every product stays below `num_buckets**2`."""
+    indices = ops.cast(hash_indices, "int32")
+    num_hashes = indices.shape[-1]
+    bands = _num_bands(num_hashes)
+    if num_hashes == 1:
+        first = second = indices
+    else:
+        first = indices[..., 0 : HASHES_PER_BAND * bands : HASHES_PER_BAND]
+        second = indices[..., 1 : HASHES_PER_BAND * bands : HASHES_PER_BAND]
+    first = ops.mod(first, num_buckets)
+    second = ops.mod(second, num_buckets)
+    mixed = first + (multiplier % num_buckets) * second
+    if band_offset:
+        offsets = np.arange(bands, dtype="int64") * band_offset % num_buckets
+        mixed = mixed + ops.convert_to_tensor(offsets.astype("int32"))
+    return ops.cast(ops.mod(mixed, num_buckets), "int32")
+
 
 def _l2_normalize(x):
     # A zero vector stays zero (an empty text's key reads as no match). No
@@ -34,6 +98,14 @@ def _masked_softmax(scores, valid):
     scores = scores - ops.max(scores, axis=-1, keepdims=True)
     weights = ops.exp(scores) * valid
     return weights / ops.sum(weights, axis=-1, keepdims=True)
+
+
+def _written_key(sentence_query, lexical):
+    """The key a text is written with: its learned part, then its lexical
+    part when the memory has one."""
+    if lexical is None:
+        return sentence_query
+    return ops.concatenate([sentence_query, lexical], axis=-1)
 
 
 def _first_max_one_hot(x):
@@ -72,6 +144,34 @@ class AssociativeMemory(keras.layers.Layer):
     normalization mean); removing it makes a cosine measure what two texts
     share beyond what every text shares.
 
+    Lexical keys (`lexical_size > 0`, the call then needs `hash_indices`):
+    the learned key follows what a model was trained on (a topic
+    classifier's keys encode topic), so a question that names the person
+    of a written sentence may still recall another sentence on its topic.
+    An episodic key then also holds a lexical part: a sketch of what the
+    text literally says, from the featurizer's MinHash indices. Each token
+    falls in one bucket per band (two indices mixed, see
+    `HASHES_PER_BAND`); a text's sketch is the mean of its tokens' one-hot
+    buckets, each token weighted by its smooth inverse frequency
+    `a / (a + p)` (Arora et al. 2017, `a = 1e-3`), minus `1 / buckets`
+    (what a random token puts in a bucket), normalized. `p` is the token's
+    frequency in the training texts, estimated by a counting Bloom filter
+    of `num_frequency_counters` counters (the smallest counter of its
+    bands; non-trainable, counted in training, frozen otherwise; before
+    any training every token weighs 1). A rare word that two texts share,
+    such as a name, then gives them a high lexical cosine; frequent words
+    add little. Sentence retrieval scores an episodic slot by
+    `q . k + lexical_weight * x . x_j` (`x` the text's lexical key, `x_j`
+    the slot's): the inner product of the concatenated keys, the lexical
+    parts scaled by `sqrt(lexical_weight)`. A long-term slot has no lexical
+    part and keeps its score `q . k`, so a text that shares no word with
+    any written one is retrieved as without lexical keys, up to the small
+    lexical cosines of unrelated texts. Token reads and label scores use
+    the learned parts only, so what the model computes for a text, and the
+    `EpisodicLabelReadout` built on it, do not depend on the lexical part;
+    it changes what `return_attention` reports and which slot a read
+    refreshes.
+
     Replacement policy (least recently used): every slot records the step of
     its last use (`episodic_last_used`, `-1` for an empty slot). A write
     stamps its slot with a fresh step; a read (outside training, when
@@ -97,8 +197,10 @@ class AssociativeMemory(keras.layers.Layer):
     **Note:** an empty text (no real token) reads like any other, but is
     never written and its attention and label scores are empty (zeros and
     `ABSENT_LABEL_SCORE`). Written keys are computed with the query
-    projection and center of the moment: after further training, `reset()`
-    the memory and write its texts again. Step stamps are int32: after
+    projection, center and token frequencies of the moment: after further
+    training, `reset()` the memory and write its texts again. A pronoun
+    shares no word with the sentence it refers to: the lexical part cannot
+    resolve it, only the learned part can. Step stamps are int32: after
     2**31 - 1 writes and reads the counter overflows, which no phone will
     reach.
 
@@ -122,21 +224,38 @@ class AssociativeMemory(keras.layers.Layer):
             a unit normal.
         values_initializer: initializer of the long-term values. Defaults
             to a unit normal.
+        lexical_size: int, at most 32768. Width of the lexical part of the
+            episodic keys (`0`: none); a multiple of the number of bands,
+            `num_hashes // 2` (see `lexical_key_size`). Defaults to `0`.
+        lexical_weight: float, `0` to `100`. Weight of the lexical cosine
+            in sentence retrieval, added to the learned one. The default
+            lets a rare word shared with one written text outweigh the
+            topic that the learned keys follow: a shared name gives a
+            lexical cosine near 0.3 and unrelated texts one near 0 (+-0.05),
+            while a topic classifier's learned cosines spread over about
+            +-0.7. Defaults to `3.0`.
+        num_frequency_counters: int, at most 32768. Counters of the token
+            frequency estimate (with `lexical_size > 0`). Defaults to
+            `16384`.
         **kwargs: base `Layer` arguments.
 
     Call arguments:
         inputs: float tensor `(batch, sequence, hidden)`.
         padding_mask: optional tensor `(batch, sequence)`, nonzero for real
             tokens.
-        training: bool. During training the usage record is left alone
-            and the query center `c` is updated.
+        hash_indices: int tensor `(batch, sequence, num_hashes)`, the
+            featurizer's MinHash indices of the same texts. Required when
+            `lexical_size > 0`, ignored otherwise.
+        training: bool. During training the usage record is left alone,
+            and the query center `c` and the token counts are updated.
         return_attention: bool. Also return the sentence-level retrieval
             weights `(batch, num_memory_slots + num_episodic_slots)`: the
-            softmax of `beta` times the cosine between the text's pooled
-            query and each key, long-term slots first, then episodic slot
-            `j` at column `num_memory_slots + j`. Each row sums to 1. Its
-            argmax over the episodic columns is the written text the query
-            recalls.
+            softmax of `beta` times the similarity between the text's keys
+            and each slot's (the cosine of the learned keys, mixed with the
+            lexical cosine when `lexical_size > 0`), long-term slots first,
+            then episodic slot `j` at column `num_memory_slots + j`. Each
+            row sums to 1. Its argmax over the episodic columns is the
+            written text the query recalls.
         return_label_scores: bool. Also return `(batch, num_labels)`: per
             label, the cosine between the pooled query and the label's
             prototype, the normalized mean key of the episodic slots with
@@ -147,8 +266,8 @@ class AssociativeMemory(keras.layers.Layer):
             mean keeps the readout's margin about the same for 1 to 10
             examples per label.)
         return_sentence_query: bool. Also return `(batch, key_size)`: each
-            text's unit-length pooled query, the key it would be written
-            with (the features of `EpisodicLabelReadout`).
+            text's unit-length pooled query, the learned part of the key it
+            would be written with (the features of `EpisodicLabelReadout`).
         state: optional dict of tensors, the explicit episodic state.
         write_mask: optional `(batch,)` tensor, 1 for the rows to write.
             Only with `state`.
@@ -187,6 +306,9 @@ class AssociativeMemory(keras.layers.Layer):
         layer_norm_epsilon=1e-5,
         keys_initializer=None,
         values_initializer=None,
+        lexical_size=0,
+        lexical_weight=3.0,
+        num_frequency_counters=16384,
         **kwargs,
     ):
         check_positive_int("num_memory_slots", num_memory_slots)
@@ -219,6 +341,30 @@ class AssociativeMemory(keras.layers.Layer):
         layer_norm_epsilon = check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
+        if (
+            isinstance(lexical_size, bool)
+            or not isinstance(lexical_size, int)
+            or not 0 <= lexical_size <= _MAX_BUCKETS
+        ):
+            raise ValueError(
+                "`lexical_size` must be an integer in [0, "
+                f"{_MAX_BUCKETS}]. Received: lexical_size={lexical_size!r}"
+            )
+        if (
+            isinstance(lexical_weight, bool)
+            or not isinstance(lexical_weight, (int, float))
+            or not 0.0 <= lexical_weight <= 100.0
+        ):
+            raise ValueError(
+                "`lexical_weight` must be a number in [0, 100]. "
+                f"Received: lexical_weight={lexical_weight!r}"
+            )
+        check_positive_int("num_frequency_counters", num_frequency_counters)
+        if num_frequency_counters > _MAX_BUCKETS:
+            raise ValueError(
+                f"`num_frequency_counters` must be at most {_MAX_BUCKETS}. "
+                f"Received: num_frequency_counters={num_frequency_counters}"
+            )
         super().__init__(**kwargs)
         self.num_memory_slots = num_memory_slots
         self.num_episodic_slots = num_episodic_slots
@@ -234,6 +380,9 @@ class AssociativeMemory(keras.layers.Layer):
         self.values_initializer = keras.initializers.get(
             values_initializer or keras.initializers.RandomNormal(stddev=1.0)
         )
+        self.lexical_size = lexical_size
+        self.lexical_weight = float(lexical_weight)
+        self.num_frequency_counters = num_frequency_counters
         self.value_size = None
         self.supports_masking = False
 
@@ -273,13 +422,26 @@ class AssociativeMemory(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
         )
+        if self.lexical_size:
+            # Each counter's share of the training tokens (per band), and
+            # how many tokens were counted: frequencies rather than counts,
+            # so that a float16 export stores them without overflow.
+            self.token_frequencies = self.add_weight(
+                name="token_frequencies",
+                shape=(self.num_frequency_counters,),
+                initializer="zeros",
+                trainable=False,
+            )
+            self.tokens_counted = self.add_weight(
+                name="tokens_counted",
+                shape=(1,),
+                initializer="zeros",
+                trainable=False,
+            )
         # The episodic state: non-trainable, so saved with the model.
-        shapes = memory_state.memory_state_shapes(
-            self.num_episodic_slots, self.key_size, hidden_size
-        )
-        empty = memory_state.empty_memory_state(
-            self.num_episodic_slots, self.key_size, hidden_size
-        )
+        sizes = (self.num_episodic_slots, self.key_size, hidden_size)
+        shapes = memory_state.memory_state_shapes(*sizes, self.lexical_size)
+        empty = memory_state.empty_memory_state(*sizes, self.lexical_size)
         for name in memory_state.STATE_FIELDS:
             variable = self.add_weight(
                 name=name,
@@ -297,9 +459,65 @@ class AssociativeMemory(keras.layers.Layer):
     def _variable_state(self):
         return {name: getattr(self, name) for name in memory_state.STATE_FIELDS}
 
-    def _encode(self, inputs, padding_mask, training=False):
-        """Normalized tokens, the mask, each text's pooled state and its
-        query (the key it would be written with), and the query center."""
+    def _lexical_key(self, hash_indices, mask, has_tokens, training):
+        """Each text's unit lexical key `(batch, lexical_size)` (zeros for a
+        text without tokens); in training, also counts the tokens."""
+        num_hashes = hash_indices.shape[-1]
+        bands = _num_bands(num_hashes or 1)
+        if num_hashes is None or self.lexical_size % bands:
+            raise ValueError(
+                f"AssociativeMemory '{self.name}': `lexical_size` must be a "
+                f"multiple of the number of bands, num_hashes // "
+                f"{HASHES_PER_BAND}. Received: lexical_size="
+                f"{self.lexical_size}, num_hashes={num_hashes}"
+            )
+        dtype = mask.dtype
+        counters = _band_buckets(
+            hash_indices,
+            self.num_frequency_counters,
+            _COUNTER_MULTIPLIER,
+            _COUNTER_BAND_OFFSET,
+        )
+        if training:
+            # Running mean over all tokens counted so far.
+            hits = ops.ones_like(counters, dtype="float32") * ops.cast(
+                mask, "float32"
+            )
+            batch_counts = ops.segment_sum(
+                ops.reshape(hits, (-1,)),
+                ops.reshape(counters, (-1,)),
+                num_segments=self.num_frequency_counters,
+            )
+            new_tokens = ops.sum(ops.cast(mask, "float32"))
+            seen = self.tokens_counted + new_tokens
+            self.token_frequencies.assign(
+                (self.token_frequencies * self.tokens_counted + batch_counts)
+                / ops.maximum(seen, 1.0)
+            )
+            self.tokens_counted.assign(seen)
+        frequencies = ops.cast(self.token_frequencies, dtype)
+        frequency = ops.min(ops.take(frequencies, counters, axis=0), axis=-1)
+        weights = _SIF_SMOOTHING / (_SIF_SMOOTHING + frequency)
+        weights = ops.expand_dims(weights * mask[..., 0], -1)  # (b, t, 1)
+        buckets = self.lexical_size // bands
+        sketch = ops.one_hot(
+            _band_buckets(hash_indices, buckets, _SKETCH_MULTIPLIER),
+            buckets,
+            dtype=dtype,
+        )
+        total = ops.sum(weights, axis=1)
+        total = ops.where(total > 0, total, 1.0)
+        pooled = ops.sum(ops.expand_dims(weights, -1) * sketch, axis=1)
+        pooled = ops.reshape(
+            pooled / ops.expand_dims(total, -1) - 1.0 / buckets,
+            (-1, self.lexical_size),
+        )
+        return _l2_normalize(pooled * has_tokens)
+
+    def _encode(self, inputs, padding_mask, hash_indices=None, training=False):
+        """Normalized tokens, the mask, each text's pooled state, its query
+        (the learned part of its key), the query center, and its lexical
+        key (`None` without `lexical_size`)."""
         dtype = inputs.dtype
         if padding_mask is None:
             mask = ops.ones(ops.shape(inputs)[:2], dtype=dtype)
@@ -324,12 +542,24 @@ class AssociativeMemory(keras.layers.Layer):
             )
         center = ops.cast(self.query_center, dtype)
         sentence_query = _l2_normalize(pooled_query - center)
-        return h, mask, has_tokens, pooled, sentence_query, center
+        lexical = None
+        if self.lexical_size:
+            if hash_indices is None:
+                raise ValueError(
+                    f"AssociativeMemory '{self.name}' has lexical keys "
+                    f"(lexical_size={self.lexical_size}): pass the texts' "
+                    "`hash_indices` as well."
+                )
+            lexical = self._lexical_key(
+                hash_indices, mask, has_tokens, training
+            )
+        return h, mask, has_tokens, pooled, sentence_query, center, lexical
 
     def _step(
         self,
         inputs,
         padding_mask,
+        hash_indices,
         state,
         write_mask,
         write_labels,
@@ -339,17 +569,19 @@ class AssociativeMemory(keras.layers.Layer):
         """One read and optional write; returns (results, new_state)."""
         m = self.num_memory_slots
         dtype = inputs.dtype
-        h, mask, has_tokens, pooled, sentence_query, center = self._encode(
-            inputs, padding_mask, training=training
+        h, mask, has_tokens, pooled, sentence_query, center, lexical = (
+            self._encode(inputs, padding_mask, hash_indices, training)
         )
 
         # The slots: long-term first, then episodic; empty ones excluded.
+        # Each part of a stored key is normalized on its own.
         last_used = ops.cast(state["episodic_last_used"], "int32")
         valid_episodic = ops.cast(last_used >= 0, dtype)
+        stored_keys = ops.cast(state["episodic_keys"], dtype)
         keys = ops.concatenate(
             [
                 _l2_normalize(ops.cast(self.memory_keys, dtype)),
-                _l2_normalize(ops.cast(state["episodic_keys"], dtype)),
+                _l2_normalize(stored_keys[:, : self.key_size]),
             ],
             axis=0,
         )
@@ -373,8 +605,20 @@ class AssociativeMemory(keras.layers.Layer):
         gate = self.gate_dense(ops.concatenate([h, read], axis=-1))
         outputs = inputs + mask * gate * self.output_dense(read)
 
-        # Sentence retrieval: the pooled query against every key.
+        # Sentence retrieval: the pooled query against every key, and the
+        # lexical key against the episodic slots' lexical parts.
         similarity = ops.matmul(sentence_query, ops.transpose(keys))
+        if lexical is not None:
+            lexical_keys = _l2_normalize(stored_keys[:, self.key_size :])
+            lexical_similarity = ops.matmul(
+                lexical, ops.transpose(lexical_keys)
+            )
+            similarity = similarity + self.lexical_weight * (
+                ops.concatenate(
+                    [ops.zeros_like(similarity[:, :m]), lexical_similarity],
+                    axis=-1,
+                )
+            )
         attention = _masked_softmax(self.beta * similarity, valid)
         attention = attention * has_tokens
         results = {
@@ -396,7 +640,7 @@ class AssociativeMemory(keras.layers.Layer):
         new_state, _ = self._update_state(
             state,
             attention if track else None,
-            sentence_query,
+            _written_key(sentence_query, lexical),
             pooled,
             has_tokens[:, 0],
             write_mask,
@@ -427,7 +671,7 @@ class AssociativeMemory(keras.layers.Layer):
         self,
         state,
         attention,
-        sentence_query,
+        written_key,
         pooled,
         has_tokens,
         write_mask,
@@ -491,7 +735,7 @@ class AssociativeMemory(keras.layers.Layer):
         kept = ops.expand_dims(1.0 - ops.cast(assigned, "float32"), -1)
         new_state["episodic_keys"] = new_state[
             "episodic_keys"
-        ] * kept + ops.matmul(blend, ops.cast(sentence_query, "float32"))
+        ] * kept + ops.matmul(blend, ops.cast(written_key, "float32"))
         new_state["episodic_values"] = new_state[
             "episodic_values"
         ] * kept + ops.matmul(blend, ops.cast(pooled, "float32"))
@@ -515,6 +759,7 @@ class AssociativeMemory(keras.layers.Layer):
         self,
         inputs,
         padding_mask=None,
+        hash_indices=None,
         training=None,
         return_attention=False,
         return_label_scores=False,
@@ -542,6 +787,7 @@ class AssociativeMemory(keras.layers.Layer):
         results, new_state = self._step(
             inputs,
             padding_mask,
+            hash_indices,
             state,
             write_mask,
             write_labels,
@@ -572,12 +818,14 @@ class AssociativeMemory(keras.layers.Layer):
                 f"no episodic slots to {what}. Call it on a batch first."
             )
 
-    def write(self, keys_source, padding_mask=None, labels=None):
+    def write(
+        self, keys_source, padding_mask=None, labels=None, hash_indices=None
+    ):
         """Writes one episodic slot per text; returns the slots written.
 
-        Each text's key is its pooled query and its value its pooled state
-        (see the class docstring); slots are chosen by the replacement
-        policy. Runs eagerly, outside `model.fit`.
+        Each text's key is its pooled query (and its lexical key) and its
+        value its pooled state (see the class docstring); slots are chosen
+        by the replacement policy. Runs eagerly, outside `model.fit`.
 
         - An empty batch is a no-op and returns an empty array.
         - A text with no real token is not written (slot `-1`, a warning).
@@ -591,6 +839,8 @@ class AssociativeMemory(keras.layers.Layer):
                 real tokens.
             labels: optional int sequence `(batch,)`; `-1` for no label.
                 With `num_labels > 0`, labels must be below it.
+            hash_indices: int array `(batch, sequence, num_hashes)`, the
+                texts' MinHash indices. Required with `lexical_size > 0`.
 
         Returns:
             int32 NumPy array `(batch,)`: the slot index of each text.
@@ -617,6 +867,16 @@ class AssociativeMemory(keras.layers.Layer):
                     f"Received shape: {mask_shape}"
                 )
         labels = self._check_labels(labels, batch)
+        if self.lexical_size:
+            hash_shape = (
+                None if hash_indices is None else tuple(ops.shape(hash_indices))
+            )
+            if hash_shape is None or hash_shape[:2] != shape[:2]:
+                raise ValueError(
+                    f"Memory '{self.name}' has lexical keys: `hash_indices` "
+                    f"of shape {shape[:2]} + (num_hashes,) is required. "
+                    f"Received shape: {hash_shape}"
+                )
         if batch == 0:
             return np.zeros((0,), "int32")
 
@@ -639,13 +899,13 @@ class AssociativeMemory(keras.layers.Layer):
             )
 
         inputs = ops.cast(keys_source, self.compute_dtype)
-        _, _, has_tokens, pooled, sentence_query, _ = self._encode(
-            inputs, padding_mask
+        _, _, has_tokens, pooled, sentence_query, _, lexical = self._encode(
+            inputs, padding_mask, hash_indices
         )
         new_state, assignment = self._update_state(
             self._variable_state(),
             None,
-            sentence_query,
+            _written_key(sentence_query, lexical),
             pooled,
             has_tokens[:, 0],
             ops.ones((batch,), dtype="int32"),
@@ -682,7 +942,10 @@ class AssociativeMemory(keras.layers.Layer):
         """Empties every episodic slot and sets the step counter to 0."""
         self._require_built("reset")
         empty = memory_state.empty_memory_state(
-            self.num_episodic_slots, self.key_size, self.value_size
+            self.num_episodic_slots,
+            self.key_size,
+            self.value_size,
+            self.lexical_size,
         )
         for name, value in empty.items():
             getattr(self, name).assign(value)
@@ -708,6 +971,7 @@ class AssociativeMemory(keras.layers.Layer):
             self.num_episodic_slots,
             self.key_size,
             self.value_size,
+            lexical_size=self.lexical_size,
             num_labels=self.num_labels,
             where=f"AssociativeMemory '{self.name}'.set_state",
         )
@@ -718,6 +982,7 @@ class AssociativeMemory(keras.layers.Layer):
         self,
         inputs,
         padding_mask=None,
+        hash_indices=None,
         training=None,
         return_attention=False,
         return_label_scores=False,
@@ -740,7 +1005,10 @@ class AssociativeMemory(keras.layers.Layer):
             outputs.append(keras.KerasTensor((batch, self.key_size), dtype))
         if state is not None:
             shapes = memory_state.memory_state_shapes(
-                self.num_episodic_slots, self.key_size, inputs.shape[-1]
+                self.num_episodic_slots,
+                self.key_size,
+                inputs.shape[-1],
+                self.lexical_size,
             )
             outputs.append(
                 {
@@ -776,6 +1044,9 @@ class AssociativeMemory(keras.layers.Layer):
                 "values_initializer": keras.initializers.serialize(
                     self.values_initializer
                 ),
+                "lexical_size": self.lexical_size,
+                "lexical_weight": self.lexical_weight,
+                "num_frequency_counters": self.num_frequency_counters,
             }
         )
         return config

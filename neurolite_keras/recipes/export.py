@@ -79,6 +79,7 @@ from neurolite_keras.litert_runner import SIGNATURE_KEY
 from neurolite_keras.litert_runner import LiteRTClassifier
 from neurolite_keras.litert_runner import sidecar_path
 from neurolite_keras.quantization import check_quantization
+from neurolite_keras.recipes.export_forms import export_forms
 from neurolite_keras.recipes.memory_export import MEMORY_INPUT_DESCRIPTIONS
 from neurolite_keras.recipes.memory_export import _memory_sidecar
 from neurolite_keras.recipes.memory_export import memory_layer
@@ -274,6 +275,9 @@ def convert_model(
     variables as a SavedModel in a temporary folder, and converted with
     TFLite built-in operators only (`TFLITE_BUILTINS`, or
     `TFLITE_BUILTINS_INT8` for `"int8"`). Variables become constants.
+    Layer normalizations are traced in the form of `export_forms`: the
+    same arithmetic with operators that XNNPACK (LiteRT's CPU path) runs
+    in int8, which makes an int8 model about twice as fast.
 
     Args:
         model: a Keras model whose inputs are a dict of fixed-size tensors.
@@ -317,7 +321,8 @@ def convert_model(
     module.model_variables = [variable.value for variable in model.variables]
     module.serve = serve
     with tempfile.TemporaryDirectory(prefix="neurolite-savedmodel-") as folder:
-        with warnings.catch_warnings():
+        # Traced (by `get_concrete_function`) in the export forms.
+        with warnings.catch_warnings(), export_forms(model):
             warnings.simplefilter("ignore")
             tf.saved_model.save(
                 module,

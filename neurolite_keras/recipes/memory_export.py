@@ -83,7 +83,10 @@ def memory_serving_model(model):
         ),
     }
     shapes = memory_state.memory_state_shapes(
-        memory.num_episodic_slots, memory.key_size, memory.value_size
+        memory.num_episodic_slots,
+        memory.key_size,
+        memory.value_size,
+        memory.lexical_size,
     )
     for name in memory_state.STATE_FIELDS:
         inputs[name] = keras.Input(
@@ -93,7 +96,7 @@ def memory_serving_model(model):
         )
     features = {k: inputs[k] for k in ("hash_indices", "padding_mask")}
     # The backbone up to the memory's input, sharing its layers.
-    hidden = model.backbone._memory_probe(features)
+    hidden = model.backbone.memory_probe(features)
     # A copy of the memory with the same weights: a functional model checks
     # its graph with the output structure of a layer's first call, which
     # for the classifier's memory has no state outputs.
@@ -103,6 +106,7 @@ def memory_serving_model(model):
     stream, attention, label_scores, new_state = stateful(
         hidden,
         padding_mask=inputs["padding_mask"],
+        hash_indices=inputs["hash_indices"],
         return_attention=True,
         return_label_scores=True,
         state={name: inputs[name] for name in memory_state.STATE_FIELDS},
@@ -112,9 +116,7 @@ def memory_serving_model(model):
     # The classifier's layers after the memory (head dropout is a no-op at
     # inference).
     stream = model.backbone.get_layer("final_norm")(stream)
-    pooled = model.get_layer("pooling")(
-        stream, padding_mask=inputs["padding_mask"]
-    )
+    pooled = _pooled(model, stream, inputs["padding_mask"])
     logits = model.get_layer("head")(
         model.get_layer("head_query")(pooled), label_scores
     )
@@ -131,15 +133,35 @@ def memory_serving_model(model):
     return keras.Model(inputs, outputs, name=f"{model.name}_with_state")
 
 
+def _pooled(model, stream, padding_mask):
+    """`stream` pooled by the classifier's own pooling layers: mean
+    (`pooling`) and / or max (`max_pooling`), joined by its `pooled` layer
+    when it has both."""
+    names = {layer.name for layer in model.layers}
+    pooled = [
+        model.get_layer(name)(stream, padding_mask=padding_mask)
+        for name in ("pooling", "max_pooling")
+        if name in names
+    ]
+    if len(pooled) > 1:
+        return model.get_layer("pooled")(pooled)
+    return pooled[0]
+
+
 def _memory_sidecar(memory):
     """The sidecar's `memory` section: sizes and tensor names."""
     shapes = memory_state.memory_state_shapes(
-        memory.num_episodic_slots, memory.key_size, memory.value_size
+        memory.num_episodic_slots,
+        memory.key_size,
+        memory.value_size,
+        memory.lexical_size,
     )
     return {
         "num_memory_slots": memory.num_memory_slots,
         "num_episodic_slots": memory.num_episodic_slots,
         "key_size": memory.key_size,
+        "lexical_size": memory.lexical_size,
+        "lexical_weight": memory.lexical_weight,
         "value_size": memory.value_size,
         "num_labels": memory.num_labels,
         "state_format": memory_state.FORMAT_VERSION,
