@@ -1,8 +1,9 @@
 """NeuroLite against standard Transformer encoders: size, speed and memory
 on a CPU, in Keras and in TFLite.
 
-Run (from the repository root; about 20 to 30 minutes on two shared CPU
-cores, most of it converting and timing BERT-base):
+Run (from the repository root; 17 minutes on two CPU cores shared with
+other jobs, load average 6 to 10, most of it converting and timing
+BERT-base):
 
     python benchmarks/benchmark_comparison.py \
         --output-dir benchmarks/results/comparison

@@ -1,8 +1,8 @@
 """Size of the exported `.tflite` file per preset and quantization, and
 latency at 256 tokens, batch 1, one and two threads, Keras beside TFLite.
 
-Run (about 10 minutes on two CPU cores for the three presets and four
-modes):
+Run (2 to 3 minutes on two CPU cores shared with other jobs, load average
+3 to 6, for the three presets and four modes):
 
     KERAS_BACKEND=tensorflow python benchmarks/export_size_latency.py \
         --data-dir ../shared/data --output-dir benchmarks/results/export

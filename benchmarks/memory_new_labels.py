@@ -557,7 +557,6 @@ def sib200_config(**overrides):
     epoch of the full tiny preset took 16 minutes on the shared cores."""
     settings = {
         "use_external_memory": True,
-        "projection_size": 64,
         "hidden_size": 64,
         "token_mixing_size": 32,
         "channel_mixing_size": 192,

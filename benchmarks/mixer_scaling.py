@@ -5,9 +5,10 @@ Run (from the repository root):
 
     python benchmarks/mixer_scaling.py --output-dir benchmarks/results
 
-What it does: CPU, batch 1, random weights. For each width (`tiny`: hidden
-128, 4 layers, channel MLP 256, token MLP 64; `base`: hidden 384, 8 layers,
-channel MLP 1024, token MLP 128) and each sequence length, it builds one
+What it does: CPU, batch 1, random weights. For each width (the sizes of
+the `tiny` and `base` presets: hidden 128, 4 layers, channel MLP 384,
+token MLP 64; hidden 256, 6 layers, channel MLP 1024, token MLP 128) and
+each sequence length, it builds one
 stack per model, `HashProjection -> Dense(hidden) -> blocks ->
 MaskedMeanPooling`, with MLP-Mixer, HyperMixer or FNet (FFT form) blocks,
 or `keras_hub.layers.TransformerEncoder` blocks (`num_heads = hidden //
@@ -61,22 +62,24 @@ import tempfile
 import time
 from pathlib import Path
 
-WIDTHS = {
-    "tiny": {
-        "projection_size": 128,
-        "hidden_size": 128,
-        "num_layers": 4,
-        "channel_mixing_size": 256,
-        "token_mixing_size": 64,
-    },
-    "base": {
-        "projection_size": 256,
-        "hidden_size": 384,
-        "num_layers": 8,
-        "channel_mixing_size": 1024,
-        "token_mixing_size": 128,
-    },
-}
+WIDTHS = ("tiny", "base")
+
+
+def width_sizes(width):
+    """The sizes of the NeuroLite preset `width` that set the cost of a
+    forward pass (the Bloom filter's size does not: a gather)."""
+    from neurolite_keras.config import NeuroLiteConfig
+
+    config = NeuroLiteConfig.preset(width)
+    return {
+        "projection_size": config.projection_size,
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_mixer_layers,
+        "channel_mixing_size": config.channel_mixing_size,
+        "token_mixing_size": config.token_mixing_size,
+    }
+
+
 MODELS = ("mlp", "hypermixer", "fnet-fft", "fnet-dft", "transformer")
 DEFAULT_MODELS = ("mlp", "hypermixer", "fnet-fft", "transformer")
 MIXERS = ("mlp", "hypermixer", "fnet-fft", "fnet-dft")
@@ -201,7 +204,7 @@ def build_model(kind, width, length):
     from neurolite_keras.layers.fnet import FNetBlock
     from neurolite_keras.layers.hypermixer import HyperMixerBlock
 
-    sizes = WIDTHS[width]
+    sizes = width_sizes(width)
     hidden = sizes["hidden_size"]
     indices = keras.Input((length, NUM_HASHES), dtype="int32", name="indices")
     mask = keras.Input((length,), dtype="int32", name="padding_mask")
@@ -645,7 +648,7 @@ def main(argv=None):
         "environment": environment,
         "arguments": {
             "lengths": args.lengths,
-            "widths": {w: WIDTHS[w] for w in args.widths},
+            "widths": {w: width_sizes(w) for w in args.widths},
             "models": args.models,
             "repeats": args.repeats,
             "warmup": args.warmup,

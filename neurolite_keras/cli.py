@@ -158,6 +158,13 @@ def build_parser():
         help="per-tensor weight scales (Android NNAPI)",
     )
     export.add_argument(
+        "--calibration-percentile",
+        type=float,
+        default=None,
+        help="share (%%) of each int8 activation's calibration values its "
+        "range spans; 100 keeps min and max (default 99.99)",
+    )
+    export.add_argument(
         "--output", help="the .tflite file (default: beside the model)"
     )
     _add_data_arguments(export, "export")
@@ -192,6 +199,11 @@ def _export(args):
             validation_labels=dev_labels,
             per_channel=not args.per_tensor,
             verbose="auto",
+            **(
+                {}
+                if args.calibration_percentile is None
+                else {"calibration_percentile": args.calibration_percentile}
+            ),
         )
     except ExportError as error:
         raise ValueError(str(error)) from None

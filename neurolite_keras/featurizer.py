@@ -101,7 +101,7 @@ class TextFeaturizer:
         self,
         max_sequence_length=64,
         num_hashes=16,
-        bloom_filter_size=65536,
+        bloom_filter_size=16384,
         ngram_min=2,
         ngram_max=4,
         max_token_chars=32,

@@ -85,15 +85,24 @@ def mixer_block(config, index):
 
 def make_memory(config, num_labels, name):
     """The `AssociativeMemory` of a model of `config`, with lexical keys
-    (`lexical_key_size` of the featurizer's `num_hashes`)."""
+    (`lexical_key_size` of the featurizer's `num_hashes`) unless
+    `config.memory_lexical_weight` is 0."""
+    weight = config.memory_lexical_weight
     return AssociativeMemory(
         num_memory_slots=config.num_memory_slots,
         num_episodic_slots=config.num_episodic_slots,
         key_size=config.memory_key_size,
         num_labels=num_labels,
-        lexical_size=lexical_key_size(config.num_hashes),
+        lexical_size=lexical_key_size(config.num_hashes) if weight else 0,
+        lexical_weight=weight,
         name=name,
     )
+
+
+def _saved_config(config):
+    """A saved model's config dict, with the values that fields added
+    since then had before they existed: mean pooling, no lexical keys."""
+    return {"pooling": "mean", "memory_lexical_weight": 0.0, **config}
 
 
 def _call_on_texts(model, call, args, input_texts, update_memory, kwargs):
@@ -402,6 +411,8 @@ class NeuroLiteModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        config["config"] = _saved_config(config["config"])
         return cls(**config)
 
 
@@ -823,8 +834,7 @@ class NeuroLiteForClassification(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         memory_texts = config.pop("memory_texts", None)
-        # Models saved before `pooling` was a field were mean-pooled.
-        config["config"] = {"pooling": "mean", **config["config"]}
+        config["config"] = _saved_config(config["config"])
         model = cls(**config)
         if memory_texts is not None:
             model.backbone.memory_texts = list(memory_texts)

@@ -24,6 +24,11 @@ Example:
 ['ADD', 'RELU']
 >>> check_builtin_only(flatbuffer)
 >>> check_static_shapes(flatbuffer)
+
+A calibrated float model (the TFLite converter's step before int8
+quantization) also carries the activation range it recorded for each
+tensor: `calibration_ranges` reads them and `with_calibration_ranges`
+writes others in their place.
 """
 
 import dataclasses
@@ -266,3 +271,67 @@ def check_static_shapes(model):
             "The model is not fully static (batch 1 and a fixed sequence "
             f"length were expected): {'; '.join(problems)}."
         )
+
+
+def calibration_ranges(model):
+    """The activation ranges recorded in a calibrated float model.
+
+    The TFLite converter's calibration step runs the float model on the
+    representative data and writes, into each tensor it saw, the lowest
+    and highest value met; its int8 quantizer then derives each scale and
+    zero point from that range.
+
+    Args:
+        model: a calibrated float `.tflite` model, path or bytes.
+
+    Returns:
+        A dict mapping tensor index (in the first subgraph) to
+        `(min, max)`, for every tensor with one recorded range.
+    """
+    subgraph = _read(model).Subgraphs(0)
+    ranges = {}
+    for index in range(subgraph.TensorsLength()):
+        quantization = subgraph.Tensors(index).Quantization()
+        if (
+            quantization is not None
+            and quantization.MinLength() == 1
+            and quantization.MaxLength() == 1
+        ):
+            ranges[index] = (
+                float(quantization.Min(0)),
+                float(quantization.Max(0)),
+            )
+    return ranges
+
+
+def with_calibration_ranges(model, ranges):
+    """A calibrated float model with other activation ranges.
+
+    Args:
+        model: bytes of a calibrated float `.tflite` model.
+        ranges: dict of tensor index to `(min, max)`, for tensors that
+            `calibration_ranges` lists.
+
+    Returns:
+        The model's bytes, with those ranges written in place (the file
+        keeps its size and layout).
+    """
+    _read(model)
+    data = bytearray(model)
+    subgraph = _schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    for index, (low, high) in ranges.items():
+        quantization = subgraph.Tensors(index).Quantization()
+        if (
+            quantization is None
+            or quantization.MinLength() != 1
+            or quantization.MaxLength() != 1
+        ):
+            raise ValueError(f"Tensor {index} has no recorded range.")
+        if not low <= high:
+            raise ValueError(
+                f"Tensor {index}: the range [{low}, {high}] is empty."
+            )
+        # Views into `data`: writing them edits the flatbuffer.
+        quantization.MinAsNumpy()[0] = low
+        quantization.MaxAsNumpy()[0] = high
+    return bytes(data)

@@ -113,6 +113,48 @@ def test_predict_prints_label_and_probability(run, capsys):
     assert 0.0 <= float(fields[1]) <= 1.0 and fields[-1].startswith("Le foot")
 
 
+def test_export_int8_then_predict_and_evaluate_the_tflite(
+    run, tmp_path, capsys
+):
+    import keras
+
+    model = str(run / "model.keras")
+    data = ["--dataset", "sib200", "--languages", "fra_Latn"]
+    for bad in ("120", "nan", "-1"):
+        code = cli.main(
+            ["export", model, *data, "--calibration-percentile", bad]
+        )
+        assert code == 2
+        assert "calibration_percentile" in capsys.readouterr().err
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("one conversion is enough: it runs on TensorFlow")
+    out = tmp_path / "model.tflite"
+    code = cli.main(
+        [
+            "export",
+            model,
+            *data,
+            "--quantization",
+            "int8",
+            "--calibration-percentile",
+            "99.9",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "model.tflite.json").read_text())
+    assert sidecar["quantization"]["calibration_percentile"] == 99.9
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "Le football est un sport."]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.split("\t")[0] in sidecar["label_names"]
+    report = tmp_path / "eval.json"
+    code = cli.main(["evaluate", str(out), *data, "--json", str(report)])
+    assert code == 0
+    assert 0.0 <= json.loads(report.read_text())["accuracy"] <= 1.0
+
+
 def _write_csv(path, rows):
     path.write_text("\n".join(["text,label"] + rows) + "\n")
     return str(path)

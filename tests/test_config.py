@@ -28,6 +28,7 @@ def test_keyword_construction_from_the_original_interface():
         ("dropout_rate", 1.5),
         ("mixer_type", "attention"),
         ("pooling", "sum"),
+        ("memory_lexical_weight", -1.0),
         ("use_external_memory", "yes"),
         ("router_aux_loss_weight", -1.0),
         ("memory_readout_margin", 1.0),

@@ -33,9 +33,11 @@ from neurolite_keras.recipes.export import UnsupportedOperatorError
 from neurolite_keras.recipes.export import export_model
 from neurolite_keras.recipes.parity import parity_figures
 from neurolite_keras.recipes.parity import parity_report
+from neurolite_keras.tflite_ops import calibration_ranges
 from neurolite_keras.tflite_ops import check_static_shapes
 from neurolite_keras.tflite_ops import float_operators
 from neurolite_keras.tflite_ops import list_operators
+from neurolite_keras.tflite_ops import with_calibration_ranges
 
 BACKEND = keras.backend.backend()
 tensorflow_only = pytest.mark.skipif(
@@ -239,6 +241,7 @@ def test_sidecar_carries_featurizer_labels_and_golden_vectors(trained, exports):
     assert sidecar["quantization"]["mode"] == "int8"
     assert sidecar["quantization"]["per_channel"] is True
     assert sidecar["quantization"]["calibration_texts"] == 200
+    assert sidecar["quantization"]["calibration_percentile"] == 99.99
     assert sidecar["outputs"][0]["name"] == "logits"
     assert sidecar["outputs"][0]["shape"] == [1, len(model.label_names)]
     assert set(sidecar["operators"]) == {
@@ -256,6 +259,44 @@ def test_sidecar_carries_featurizer_labels_and_golden_vectors(trained, exports):
     np.testing.assert_allclose(
         logits, [g["tflite_logits"] for g in goldens], atol=1e-6
     )
+
+
+@tensorflow_only
+def test_percentile_calibration_narrows_ranges_within_min_and_max(
+    trained, sib200, monkeypatch
+):
+    """int8 ranges span 99.99% of each activation's calibration values:
+    every range written back lies within the converter's min and max, some
+    are narrower, and the rest of the model is left as it was."""
+    model, _ = trained
+    written = []
+    original = export_recipe.with_calibration_ranges
+
+    def record(calibrated, ranges):
+        result = original(calibrated, ranges)
+        written.append((calibrated, ranges, result))
+        return result
+
+    monkeypatch.setattr(export_recipe, "with_calibration_ranges", record)
+    features = model.featurize(sib200.train.texts[:40])
+    export_recipe.convert_model(model, "int8", features)
+    ((calibrated, ranges, result),) = written
+    recorded = calibration_ranges(calibrated)
+    assert ranges and set(ranges) <= set(recorded)
+    for index, (low, high) in ranges.items():
+        assert recorded[index][0] <= low <= high <= recorded[index][1]
+    assert any(ranges[i] != recorded[i] for i in ranges)
+    assert calibration_ranges(result) == {**recorded, **ranges}
+    assert len(result) == len(calibrated)
+    index = next(iter(ranges))
+    with pytest.raises(ValueError, match="is empty"):
+        with_calibration_ranges(calibrated, {index: (1.0, 0.0)})
+    # 100 keeps the converter's own ranges: nothing is rewritten.
+    written.clear()
+    export_recipe.convert_model(
+        model, "int8", features, calibration_percentile=100
+    )
+    assert not written
 
 
 # --- Parity ----------------------------------------------------------------
@@ -450,6 +491,15 @@ def test_bad_arguments_give_clear_errors(trained, tmp_path):
             qat_epochs=1,
             calibration_texts=["x"],
         )
+    for bad in (101, 10, True, "99"):
+        with pytest.raises(ValueError, match="calibration_percentile="):
+            export_model(
+                path,
+                out,
+                quantization="int8",
+                calibration_texts=["x"],
+                calibration_percentile=bad,
+            )
     with pytest.raises(FileNotFoundError, match="No model file"):
         export_model(str(tmp_path / "none.keras"), out)
     assert os.listdir(tmp_path) == []

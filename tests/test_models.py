@@ -53,7 +53,9 @@ def trained(french, tmp_path_factory):
         french.train.texts,
         french.train.labels,
         batch_size=32,
-        epochs=2,
+        # Three epochs: after two, dev accuracy ranged from 0.25 to 0.31
+        # over the backends, too near the bar below.
+        epochs=3,
         validation_data=(french.dev.texts, french.dev.labels),
         verbose=0,
     )
@@ -342,14 +344,22 @@ def test_pooling_choices_save_and_reload(pooling, tmp_path):
     np.testing.assert_allclose(again, before, rtol=1e-5, atol=1e-5)
 
 
-def test_model_saved_before_the_pooling_field_loads_mean_pooled():
-    model = NeuroLiteForClassification(
-        NeuroLiteConfig(**SMALL, pooling="mean"), label_names=["a", "b"]
+def test_model_saved_before_newer_fields_loads_as_it_was_built():
+    """A config saved before `pooling` and `memory_lexical_weight` existed
+    rebuilds the model it came from: mean pooling, no lexical keys."""
+    config = NeuroLiteConfig(
+        **SMALL,
+        pooling="mean",
+        use_external_memory=True,
+        memory_lexical_weight=0.0,
     )
+    model = NeuroLiteForClassification(config, label_names=["a", "b"])
     saved = model.get_config()
-    del saved["config"]["pooling"]
+    del saved["config"]["pooling"], saved["config"]["memory_lexical_weight"]
     rebuilt = NeuroLiteForClassification.from_config(saved)
     assert rebuilt.config.pooling == "mean"
+    assert rebuilt.config.memory_lexical_weight == 0.0
+    assert rebuilt.backbone.memory.lexical_size == 0
     rebuilt.set_weights(model.get_weights())
     features = model.featurize(["le match de foot"])
     np.testing.assert_allclose(
@@ -358,50 +368,11 @@ def test_model_saved_before_the_pooling_field_loads_mean_pooled():
         rtol=1e-5,
         atol=1e-5,
     )
-
-
-def test_memory_readout_margin_survives_a_keras_round_trip(tmp_path):
-    """A margin chosen on dev (`config.memory_readout_margin`, or the
-    model's setter) is saved with the model and sets the written labels'
-    logits: the text written with a label scores `scale * (1 - margin)`
-    for it, its cosine with itself being 1."""
-    keras.utils.set_random_seed(0)
-    config = NeuroLiteConfig(
-        **SMALL,
-        use_external_memory=True,
-        num_episodic_slots=4,
-        memory_readout_margin=0.5,
+    # Built today, the same config has lexical keys: other weight shapes.
+    current = NeuroLiteForClassification(
+        config.copy(memory_lexical_weight=3.0), label_names=["a", "b"]
     )
-    model = NeuroLiteForClassification(config, label_names=["a", "b", "new"])
-    assert model.memory_readout_margin == 0.5
-    text = "fermer mon compte bancaire"
-    model.write_memory([text], ["new"])
-    scale = model.get_layer("head").scale
-    logits = model.predict([text], verbose=0)["logits"]
-    np.testing.assert_allclose(logits[0, 2], scale * 0.5, rtol=1e-5)
-
-    path = tmp_path / "margin.keras"
-    model.save(path)
-    reloaded = load_model(path)
-    assert reloaded.config.memory_readout_margin == 0.5
-    assert reloaded.get_layer("head").margin == 0.5
-    np.testing.assert_allclose(
-        reloaded.predict([text], verbose=0)["logits"], logits, atol=1e-5
-    )
-    reloaded.memory_readout_margin = 0.2
-    np.testing.assert_allclose(
-        reloaded.predict([text], verbose=0)["logits"][0, 2],
-        scale * 0.8,
-        rtol=1e-5,
-    )
-    assert reloaded.get_config()["config"]["memory_readout_margin"] == 0.2
-    with pytest.raises(ValueError, match="memory_readout_margin=1.0"):
-        reloaded.memory_readout_margin = 1.0
-    assert reloaded.memory_readout_margin == 0.2
-    plain = NeuroLiteForClassification(NeuroLiteConfig(**SMALL))
-    assert plain.memory_readout_margin is None
-    with pytest.raises(ValueError, match="no external memory"):
-        plain.memory_readout_margin = 0.3
+    assert current.backbone.memory.lexical_size > 0
 
 
 def test_package_exports_the_litert_runner_without_heavy_imports():
