@@ -36,7 +36,8 @@ def atomic_path(path, suffix=""):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}",
+        prefix=f".{os.path.basename(path)}.",
+        suffix=f".tmp{suffix}",
         dir=folder,
     )
     os.close(handle)

@@ -7,7 +7,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 
 from neurolite_keras.datasets import DATASET_NAMES
 
@@ -161,8 +163,9 @@ def build_parser():
         "--calibration-percentile",
         type=float,
         default=None,
-        help="share (%%) of each int8 activation's calibration values its "
-        "range spans; 100 keeps min and max (default 99.99)",
+        help="int8 only: share (%%), in [50, 100], of each activation's "
+        "calibration values its range spans; 100 keeps min and max "
+        "(default 99.99)",
     )
     export.add_argument(
         "--output", help="the .tflite file (default: beside the model)"
@@ -176,6 +179,7 @@ def _export(args):
     from neurolite_keras.recipes.export import ExportError
     from neurolite_keras.recipes.export import export_model
 
+    _check_export_options(args)
     train_texts = train_labels = dev_texts = dev_labels = None
     if args.dataset or args.train_file:
         data = _load_data(args, for_training=True)
@@ -213,6 +217,34 @@ def _export(args):
     )
     if result.parity:
         print(f"parity on the dev split: {json.dumps(result.parity)}")
+
+
+def _check_export_options(args):
+    """Options that do not fit the asked quantization, named as flags."""
+    quantization = args.quantization
+    if args.qat_epochs and quantization != "int8":
+        raise ValueError(
+            f"--qat-epochs {args.qat_epochs} prepares an int8 export: add "
+            f"--quantization int8, or drop --qat-epochs for "
+            f"--quantization {quantization}."
+        )
+    if args.per_tensor and quantization not in ("int8", "dynamic"):
+        raise ValueError(
+            "--per-tensor sets int8 weight scales: it applies to "
+            f"--quantization int8 or dynamic, not {quantization}."
+        )
+    percentile = args.calibration_percentile
+    if percentile is not None:
+        if quantization != "int8":
+            raise ValueError(
+                "--calibration-percentile sets int8 activation ranges: it "
+                f"applies to --quantization int8, not {quantization}."
+            )
+        if not 50.0 <= percentile <= 100.0:
+            raise ValueError(
+                "--calibration-percentile must be a number in [50, 100]. "
+                f"Received: {percentile}"
+            )
 
 
 def _load_data(args, for_training):
@@ -401,6 +433,11 @@ def main(argv=None):
     output_before = None
     if args.command == "train":
         output_before = _folder_state(args.output)
+    # SIGTERM stops a command as Ctrl-C does: atomic writers clean up and
+    # an export's conversion subprocess is stopped before we exit.
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         handlers[args.command](args)
     except KeyboardInterrupt:
@@ -426,7 +463,14 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         print(f"neurolite {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -25,12 +25,21 @@ class TextBatches(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, texts, labels, featurize, batch_size=32, shuffle=False, seed=0,
+        self,
+        texts,
+        labels,
+        featurize,
+        batch_size=32,
+        shuffle=False,
+        seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-                or batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or batch_size < 1
+        ):
             raise ValueError(
                 "`batch_size` must be a positive integer. "
                 f"Received: batch_size={batch_size!r}"

@@ -125,7 +125,20 @@ def test_export_int8_then_predict_and_evaluate_the_tflite(
             ["export", model, *data, "--calibration-percentile", bad]
         )
         assert code == 2
-        assert "calibration_percentile" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "--calibration-percentile must be a number in [50, 100]" in err
+    # Options that do not fit the quantization are named as flags, before
+    # any data is read.
+    for options, message in (
+        (["--qat-epochs", "1", "--quantization", "float16"], "--qat-epochs 1"),
+        (["--per-tensor", "--quantization", "float32"], "--per-tensor"),
+        (
+            ["--calibration-percentile", "99", "--quantization", "dynamic"],
+            "applies to --quantization int8, not dynamic",
+        ),
+    ):
+        assert cli.main(["export", model, *options]) == 2
+        assert message in capsys.readouterr().err
     if keras.backend.backend() != "tensorflow":
         pytest.skip("one conversion is enough: it runs on TensorFlow")
     out = tmp_path / "model.tflite"

@@ -362,7 +362,8 @@ def test_every_mixer_exports_to_int8_with_parity(
     path = str(tmp_path / f"{mixer}.keras")
     model.save(path)
     result = export_model(
-        path, str(tmp_path / f"{mixer}.tflite"),
+        path,
+        str(tmp_path / f"{mixer}.tflite"),
         calibration_texts=sib200.train.texts,
     )
     _check_operators_and_shapes(result)
@@ -500,9 +501,86 @@ def test_bad_arguments_give_clear_errors(trained, tmp_path):
                 calibration_texts=["x"],
                 calibration_percentile=bad,
             )
+    with pytest.raises(ValueError, match="only empty texts"):
+        export_model(
+            path, out, quantization="int8", calibration_texts=["", " \t"]
+        )
     with pytest.raises(FileNotFoundError, match="No model file"):
         export_model(str(tmp_path / "none.keras"), out)
     assert os.listdir(tmp_path) == []
+
+
+def test_output_that_cannot_be_written_is_refused_before_converting(
+    trained, tmp_path
+):
+    _, path = trained
+    (tmp_path / "folder.tflite").mkdir()
+    (tmp_path / "pair.tflite.json").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, message in (
+        ("folder.tflite", "is a directory"),
+        ("pair.tflite", "pair.tflite.json' is a directory"),
+        ("file/m.tflite", "is a file, not a folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            export_model(path, str(tmp_path / out), quantization="float32")
+    assert sorted(os.listdir(tmp_path)) == [
+        "file",
+        "folder.tflite",
+        "pair.tflite.json",
+    ]
+
+
+def test_a_failed_sidecar_write_puts_the_previous_model_back(
+    tmp_path, monkeypatch
+):
+    out = str(tmp_path / "m.tflite")
+    export_recipe._write_pair(out, b"old model", "{}")
+
+    def fail(path, text):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_recipe.atomic_io, "write_text", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_recipe._write_pair(out, b"new model", "{}")
+    with open(out, "rb") as file:
+        assert file.read() == b"old model"
+    with pytest.raises(OSError, match="disk full"):
+        export_recipe._write_pair(str(tmp_path / "new.tflite"), b"x", "{}")
+    assert sorted(os.listdir(tmp_path)) == ["m.tflite", "m.tflite.json"]
+
+
+def test_interrupted_export_stops_its_conversion_subprocess(
+    trained, tmp_path, monkeypatch
+):
+    """Ctrl-C (or SIGTERM through the command line) while the TensorFlow
+    subprocess converts: the subprocess is stopped, so it cannot write the
+    output after the caller has returned."""
+    _, path = trained
+    started = []
+    real_popen = export_recipe.subprocess.Popen
+
+    class InterruptedPopen(real_popen):
+        def wait(self, timeout=None):
+            if not started:
+                started.append(self)
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    monkeypatch.setattr(export_recipe.subprocess, "Popen", InterruptedPopen)
+    out = str(tmp_path / "out" / "m.tflite")
+    request = {
+        "model_path": path,
+        "output_path": out,
+        "quantization": "float32",
+    }
+    folder = tmp_path / "work"
+    folder.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_recipe._convert_in_subprocess(request, str(folder))
+    (process,) = started
+    assert process.poll() is not None
+    assert not os.path.exists(out)
 
 
 def test_broken_model_file_fails_cleanly_on_every_backend(tmp_path):

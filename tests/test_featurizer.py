@@ -46,8 +46,11 @@ def test_same_features_in_other_processes_and_hash_seeds():
     for seed in ("0", "1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
         result = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True,
-            text=True, check=True,
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         outputs.add(result.stdout.strip())
     assert outputs == {str(GOLDEN["Bonjour le monde"])}
@@ -75,7 +78,9 @@ def test_padding_mask_and_empty_texts():
     featurizer = small_featurizer()
     features = featurizer(["Bonjour le monde", "", "   "])
     assert features["padding_mask"].tolist() == [
-        [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0],
+        [1, 1, 1, 0],
+        [0, 0, 0, 0],
+        [0, 0, 0, 0],
     ]
     assert features["hash_indices"].dtype == np.int32
     assert not features["hash_indices"][1:].any()
@@ -97,8 +102,9 @@ def test_indices_stay_in_range_and_cache_does_not_change_results():
     assert 0 <= first.min() and first.max() < 97
 
 
-@pytest.mark.parametrize("bad, where", [(None, "texts[1]"), (3.5, "texts[1]"),
-                                        (12, "texts[1]")])
+@pytest.mark.parametrize(
+    "bad, where", [(None, "texts[1]"), (3.5, "texts[1]"), (12, "texts[1]")]
+)
 def test_non_strings_are_rejected_with_their_position(bad, where):
     with pytest.raises(TypeError, match=re.escape(f"`{where}` must be a str")):
         small_featurizer()(["ok", bad])

@@ -139,9 +139,7 @@ def test_token_dropout_drops_real_tokens_in_training_only():
     mask = np.zeros((100, 100), "int32")
     mask[:, :60] = 1
     layer = TokenDropout(0.3, seed=0)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(layer(mask)), mask
-    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(mask)), mask)
     dropped = keras.ops.convert_to_numpy(layer(mask, training=True))
     assert dropped.dtype == np.int32
     assert not dropped[:, 60:].any()  # Padding never becomes a token.

@@ -109,6 +109,9 @@ GOLDEN_TEXTS = (
     "",
 )
 
+# Fewer calibration sentences than this draw a warning.
+MIN_CALIBRATION_TEXTS = 20
+
 # Each int8 activation range spans 99.99% of that tensor's calibration
 # values, 0.005% falling outside at each end (see `percentile_ranges`).
 CALIBRATION_PERCENTILE = 99.99
@@ -487,10 +490,25 @@ def percentile_ranges(calibrated, dataset, percentile):
             # The `keep` lowest and highest values seen so far.
             keep = clipped[i] + 1
             values = interpreter.get_tensor(i).reshape(-1)
-            low = np.concatenate([values, lowest[i]])
+            low, high = lowest[i], highest[i]
+            # Once `keep` values are held, only values beyond them count:
+            # one comparison pass, then a partition of the few left.
+            low = np.concatenate(
+                [
+                    values[values < low.max()] if low.size == keep else values,
+                    low,
+                ]
+            )
             if low.size > keep:
                 low = np.partition(low, keep - 1)[:keep]
-            high = np.concatenate([values, highest[i]])
+            high = np.concatenate(
+                [
+                    values[values > high.min()]
+                    if high.size == keep
+                    else values,
+                    high,
+                ]
+            )
             if high.size > keep:
                 high = np.partition(high, high.size - keep)[-keep:]
             lowest[i], highest[i] = low, high
@@ -751,8 +769,7 @@ def _convert_and_write(
             )
         del runner
 
-    atomic_io.write_bytes(output_path, flatbuffer)
-    atomic_io.write_text(sidecar_path(output_path), _to_json(sidecar))
+    _write_pair(output_path, flatbuffer, _to_json(sidecar))
     return ExportResult(
         tflite_path=output_path,
         sidecar_path=sidecar_path(output_path),
@@ -881,6 +898,7 @@ def export_model(
             f"The output file name must end in '.tflite'. Received: "
             f"{output_path!r}"
         )
+    _check_output_path(output_path)
     for name, value, low in (
         ("qat_epochs", qat_epochs, 0),
         ("num_calibration_texts", num_calibration_texts, 1),
@@ -928,10 +946,20 @@ def export_model(
                 "texts)."
             )
         calibration = check_texts(calibration_texts, "calibration_texts")
+        # Empty texts are all padding: they calibrate nothing.
+        calibration = [text for text in calibration if text.strip()]
         if not calibration:
             raise ValueError(
-                "The calibration set is empty: int8 export needs real "
-                "sentences to calibrate activation ranges."
+                "The calibration set is empty (or holds only empty texts): "
+                "int8 export needs real sentences to calibrate activation "
+                "ranges."
+            )
+        if len(calibration) < MIN_CALIBRATION_TEXTS:
+            warnings.warn(
+                f"Only {len(calibration)} calibration sentence(s): int8 "
+                "ranges set on so few often clip real inputs. Pass "
+                f"{MIN_CALIBRATION_TEXTS} or more (200 are used by default).",
+                stacklevel=2,
             )
         calibration = _calibration_texts(calibration, num_calibration_texts)
     if validation_texts is not None:
@@ -988,16 +1016,56 @@ def export_model(
             result = _convert_in_subprocess(request, folder)
     check = result.calibration_parity
     if check is not None and check["top1_agreement"] < 0.95:
+        cause = (
+            f"calibration_percentile={calibration_percentile} clips "
+            f"{100 - calibration_percentile:g}% of each activation's "
+            "values; 99.99 (the default) or 100 keep more. Another"
+            if calibration_percentile < 99
+            else "A"
+        )
         warnings.warn(
             f"The int8 model agrees with the float model on only "
             f"{check['top1_agreement']:.0%} of {check['num_texts']} "
-            "calibration sentences. A frequent cause is an all-zero row "
+            f"calibration sentences. {cause} frequent cause is an all-zero "
+            "row "
             "(such as a zeroed padding position) entering a layer "
             "normalization: its 1/sqrt(epsilon) stretches the int8 range of "
             "every real token.",
             stacklevel=2,
         )
     return result
+
+
+def _check_output_path(output_path):
+    """Refuses, before any conversion, an output the files cannot take."""
+    for path in (output_path, sidecar_path(output_path)):
+        if os.path.isdir(path):
+            raise ValueError(f"The output {path!r} is a directory.")
+    folder = os.path.dirname(output_path)
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if folder and not os.path.isdir(folder):
+        raise ValueError(
+            f"Cannot write {output_path!r}: {folder!r} is a file, not a folder."
+        )
+
+
+def _write_pair(output_path, flatbuffer, sidecar_text):
+    """Writes the `.tflite` and its sidecar, each atomically; if the
+    sidecar cannot be written, the previous `.tflite` is put back."""
+    previous = None
+    if os.path.isfile(output_path):
+        with open(output_path, "rb") as file:
+            previous = file.read()
+    atomic_io.write_bytes(output_path, flatbuffer)
+    try:
+        atomic_io.write_text(sidecar_path(output_path), sidecar_text)
+    except BaseException:
+        if previous is None:
+            os.remove(output_path)
+        else:
+            atomic_io.write_bytes(output_path, previous)
+        raise
 
 
 # --- The TensorFlow subprocess ---------------------------------------------
@@ -1032,14 +1100,29 @@ def _convert_in_subprocess(request, folder):
         "--result",
         result_path,
     ]
-    completed = subprocess.run(
-        command, env=env, capture_output=True, text=True, errors="replace"
-    )
+    log_path = os.path.join(folder, "conversion.log")
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            returncode = process.wait()
+        finally:
+            # Interrupted (Ctrl-C, or SIGTERM through the command line):
+            # the conversion must not write the output after we return.
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
     if not os.path.isfile(result_path):
-        tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
+        with open(log_path, encoding="utf-8", errors="replace") as file:
+            tail = "\n".join(file.read().strip().splitlines()[-15:])
         raise ExportError(
             "The TensorFlow conversion subprocess exited with code "
-            f"{completed.returncode} and no result. Its last output:\n{tail}"
+            f"{returncode} and no result. Its last output:\n{tail}"
         )
     with open(result_path, encoding="utf-8") as file:
         result = json.load(file)
