@@ -531,6 +531,20 @@ def test_output_that_cannot_be_written_is_refused_before_converting(
     ]
 
 
+@tensorflow_only
+def test_validation_data_of_another_data_set_is_refused(trained, tmp_path):
+    _, path = trained
+    with pytest.raises(ValueError, match="another data set"):
+        export_model(
+            path,
+            str(tmp_path / "m.tflite"),
+            quantization="float32",
+            validation_texts=["I lost my card"],
+            validation_labels=["lost_or_stolen_card"],
+        )
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_failed_sidecar_write_puts_the_previous_model_back(
     tmp_path, monkeypatch
 ):

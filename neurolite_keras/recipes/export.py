@@ -657,6 +657,16 @@ def _convert_and_write(
             "NeuroLite classifier (NeuroLiteForClassification), which "
             "carries its featurizer settings and label names."
         )
+    if validation_labels and not set(validation_labels) & set(
+        model.label_names
+    ):
+        raise ValueError(
+            f"None of the validation labels are labels of {model_path!r} "
+            f"(such as {sorted(set(validation_labels))[:3]}; the model has "
+            f"{sorted(model.label_names)[:3]}...): the texts come from "
+            "another data set than the model's, so parity on them would "
+            "mean nothing. Pass the data set the model was trained on."
+        )
     featurizer = model.featurizer
     memory = memory_layer(model)
     target = model
