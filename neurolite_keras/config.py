@@ -3,6 +3,7 @@
 import json
 
 from neurolite_keras.validation import check_choice
+from neurolite_keras.validation import check_number_in
 from neurolite_keras.validation import check_positive_int as _positive_int
 from neurolite_keras.validation import check_rate as _rate
 
@@ -61,28 +62,8 @@ def _pooling(name, value):
     return check_choice(name, value, POOLING_TYPES)
 
 
-def _margin(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0.0 <= value < 1.0
-    ):
-        raise ValueError(
-            f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
-        )
-    return float(value)
-
-
 def _lexical_weight(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0.0 <= value <= 100.0
-    ):
-        raise ValueError(
-            f"`{name}` must be a number in [0, 100]. Received: {name}={value!r}"
-        )
-    return float(value)
+    return check_number_in(name, value, 0.0, 100.0)
 
 
 # name: (default, validator, doc). Defaults are the `tiny` preset.
@@ -113,7 +94,7 @@ _FIELDS = {
     "num_memory_slots": (32, _positive_int, "learned long-term slots"),
     "num_episodic_slots": (128, _positive_int, "slots written at inference"),
     "memory_key_size": (64, _positive_int, "memory key width"),
-    "memory_readout_margin": (0.2, _margin, "episodic readout margin"),
+    "memory_readout_margin": (0.2, _rate, "episodic readout margin"),
     "memory_lexical_weight": (3.0, _lexical_weight, "lexical recall weight"),
     # Dynamic routing.
     "use_dynamic_routing": (False, _flag, "add a mixture of experts"),

@@ -35,6 +35,34 @@ def check_rate(name, value):
     return float(value)
 
 
+def check_number_in(name, value, low, high):
+    """Returns `value` as a float if it is a number in `[low, high]`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"`{name}` must be a number in [{low:g}, {high:g}]. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def check_int_in(name, value, low, high):
+    """Returns `value` if it is an integer in `[low, high]`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer in [{low}, {high}]. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(

@@ -10,6 +10,8 @@ import numpy as np
 from keras import ops
 
 from neurolite_keras import memory_state
+from neurolite_keras.validation import check_int_in
+from neurolite_keras.validation import check_number_in
 from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
 
@@ -341,30 +343,15 @@ class AssociativeMemory(keras.layers.Layer):
         layer_norm_epsilon = check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
-        if (
-            isinstance(lexical_size, bool)
-            or not isinstance(lexical_size, int)
-            or not 0 <= lexical_size <= _MAX_BUCKETS
-        ):
-            raise ValueError(
-                "`lexical_size` must be an integer in [0, "
-                f"{_MAX_BUCKETS}]. Received: lexical_size={lexical_size!r}"
-            )
-        if (
-            isinstance(lexical_weight, bool)
-            or not isinstance(lexical_weight, (int, float))
-            or not 0.0 <= lexical_weight <= 100.0
-        ):
-            raise ValueError(
-                "`lexical_weight` must be a number in [0, 100]. "
-                f"Received: lexical_weight={lexical_weight!r}"
-            )
-        check_positive_int("num_frequency_counters", num_frequency_counters)
-        if num_frequency_counters > _MAX_BUCKETS:
-            raise ValueError(
-                f"`num_frequency_counters` must be at most {_MAX_BUCKETS}. "
-                f"Received: num_frequency_counters={num_frequency_counters}"
-            )
+        lexical_size = check_int_in(
+            "lexical_size", lexical_size, 0, _MAX_BUCKETS
+        )
+        lexical_weight = check_number_in(
+            "lexical_weight", lexical_weight, 0.0, 100.0
+        )
+        check_int_in(
+            "num_frequency_counters", num_frequency_counters, 1, _MAX_BUCKETS
+        )
         super().__init__(**kwargs)
         self.num_memory_slots = num_memory_slots
         self.num_episodic_slots = num_episodic_slots
@@ -381,7 +368,7 @@ class AssociativeMemory(keras.layers.Layer):
             values_initializer or keras.initializers.RandomNormal(stddev=1.0)
         )
         self.lexical_size = lexical_size
-        self.lexical_weight = float(lexical_weight)
+        self.lexical_weight = lexical_weight
         self.num_frequency_counters = num_frequency_counters
         self.value_size = None
         self.supports_masking = False

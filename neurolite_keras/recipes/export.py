@@ -93,6 +93,7 @@ from neurolite_keras.tflite_ops import check_builtin_only
 from neurolite_keras.tflite_ops import check_static_shapes
 from neurolite_keras.tflite_ops import operator_counts
 from neurolite_keras.tflite_ops import with_calibration_ranges
+from neurolite_keras.validation import check_number_in
 
 # A few texts in several scripts whose features the sidecar records, so a
 # port of the featurizer can check itself against them.
@@ -419,16 +420,7 @@ def _representative_dataset(features, specs):
 
 
 def _check_percentile(percentile):
-    if (
-        isinstance(percentile, bool)
-        or not isinstance(percentile, (int, float))
-        or not 50.0 <= percentile <= 100.0
-    ):
-        raise ValueError(
-            "`calibration_percentile` must be a number in [50, 100]. "
-            f"Received: calibration_percentile={percentile!r}"
-        )
-    return float(percentile)
+    return check_number_in("calibration_percentile", percentile, 50.0, 100.0)
 
 
 def percentile_ranges(calibrated, dataset, percentile):
