@@ -37,18 +37,17 @@ t(4096)/t(512) per model (linear cost gives about 8) and the issue's aims
 length from 256 up), and writes `mixer_scaling.md`, `mixer_scaling.json`
 and `mixer_scaling.png` into `--output-dir`, each atomically.
 
-Last full run (default flags, JAX, 2 CPU cores of an AMD EPYC shared with
-other jobs, load average 10-11 throughout; 28 min): every mixer was
-faster than the Transformer at every length, at both widths (tiny, 4096
-tokens: 740-830 ms against 10.6 s; base, 4096: 10.5-12.3 s against 77 s).
+Last full run (default flags, JAX, 2 quiet CPU cores, 3 min):
 t(4096)/t(512) of latency, mlp / hypermixer / fnet-fft / transformer:
-tiny 9.9 / 10.6 / 14.7 / 49, base 7.1 / 8.9 / 7.8 / 25; of CPU time: tiny
-7.9 / 10.2 / 10.7 / 46, base 7.4 / 8.5 / 7.9 / 25. So the 9x aim held at
-base width and was missed at tiny width: at 512 tokens tiny's activations
-fit the 512 KB L2 cache of a core and at 4096 they do not, the
-`HashProjection` gather grows about 17x from 512 to 4096 on JAX, and on a
-loaded machine long calls lose more time to other jobs than short ones.
-The machine, its load and the backend change these figures.
+tiny 6.83 / 5.91 / 6.82 / 42.4, base 8.57 / 7.69 / 8.45 / 48.2; of CPU
+time: tiny 7.57 / 7.01 / 7.23 / 49.1, base 8.41 / 7.82 / 8.27 / 44.5.
+Every mixer met both aims. The run after it with `--chunk-positions 0`
+(channel MLPs over whole sequences, as before blocks of 512 positions were
+added; `benchmarks/results/mixers_whole_sequences`) gave base 9.15 / 8.53
+/ 9.59 / 36.0 in latency (9.23 / 8.61 / 9.35 / 36.3 in CPU time), base
+mlp and fnet-fft missing the 9x aim: at 4,096 tokens blocks took base
+latency from 215 to 201 ms (mlp), 229 to 209 (hypermixer) and 216 to 196
+(fnet-fft). The machine, its load and the backend change these figures.
 """
 
 import argparse
@@ -180,8 +179,20 @@ def parse_args(argv=None):
         default=os.environ.get("KERAS_BACKEND", "jax"),
         help="Keras backend (default: $KERAS_BACKEND, else jax)",
     )
+    parser.add_argument(
+        "--chunk-positions",
+        type=int,
+        default=None,
+        help="positions per block of the mixers' channel MLP "
+        "(neurolite_keras.layers.chunking.CHUNK_POSITIONS, 512 unless set); "
+        "0 computes each sequence whole",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.chunk_positions is not None and args.chunk_positions < 0:
+        parser.error(
+            f"--chunk-positions must be 0 or more, got {args.chunk_positions}"
+        )
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if not args.width_budget > 0:
@@ -494,7 +505,9 @@ def markdown(results, summaries, args, environment):
         f"Forward latency, ms, batch 1, CPU, backend {args.backend}. "
         f"Timed: {TIMED[args.backend]}. After {args.warmup} warm-up calls, "
         f"{min(calls)} to {max(calls)} timed calls per model and length, "
-        "in rounds over every model and length of a width.",
+        "in rounds over every model and length of a width. NeuroLite "
+        "mixers run their channel MLP in blocks of "
+        f"{environment['chunk_positions']} positions (0: whole sequences).",
     ]
     names = {
         "median": "Median latency (the figure asked for)",
@@ -612,7 +625,12 @@ def main(argv=None):
             f"{keras.backend.backend()!r}; run with KERAS_BACKEND="
             f"{args.backend}."
         )
+    from neurolite_keras.layers import chunking
+
+    if args.chunk_positions is not None:
+        chunking.CHUNK_POSITIONS = args.chunk_positions
     environment = {
+        "chunk_positions": chunking.CHUNK_POSITIONS,
         "backend": args.backend,
         "keras_version": keras.__version__,
         "cpu_count": os.cpu_count(),

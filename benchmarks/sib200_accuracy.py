@@ -184,9 +184,16 @@ def model_name(preset, mixer, config=None):
     mixer = mixer or config["mixer_type"]
     # Runs saved before `pooling` was a field were mean-pooled.
     pooling = config.get("pooling", "mean").replace("_", "+")
+    # And before `minhash_scheme` was, with the k-functions scheme.
+    scheme = ""
+    if config.get("minhash_scheme", "k_functions") == "bottom_k":
+        scheme = (
+            f", bottom-k MinHash {config['num_hashes']} x "
+            f"{config['ngram_min']}-{config['ngram_max']}-grams"
+        )
     return (
         f"NeuroLite-{preset} ({mixer}, {config['bloom_filter_size']:,} x "
-        f"{config['projection_size']} Bloom, {pooling} pooling)"
+        f"{config['projection_size']} Bloom{scheme}, {pooling} pooling)"
     )
 
 
@@ -397,7 +404,8 @@ def main():
         save()
     for entry in filter(None, args.models.split(",")):
         preset, _, mixer = entry.partition(":")
-        name = model_name(preset, mixer)
+        config = NeuroLiteConfig.preset(preset, **overrides).get_config()
+        name = model_name(preset, mixer, config)
         results["models"][name] = neurolite(
             data, preset, args.epochs, args.batch_size, mixer or None, overrides
         )

@@ -9,6 +9,7 @@ from neurolite_keras.validation import check_rate as _rate
 
 MIXER_TYPES = ("mlp", "hypermixer", "fnet")
 POOLING_TYPES = ("mean", "max", "mean_max")
+MINHASH_SCHEMES = ("k_functions", "bottom_k")
 
 
 def _flag(name, value):
@@ -62,6 +63,10 @@ def _pooling(name, value):
     return check_choice(name, value, POOLING_TYPES)
 
 
+def _minhash_scheme(name, value):
+    return check_choice(name, value, MINHASH_SCHEMES)
+
+
 def _lexical_weight(name, value):
     return check_number_in(name, value, 0.0, 100.0)
 
@@ -70,7 +75,8 @@ def _lexical_weight(name, value):
 _FIELDS = {
     # Featurizer (outside the graph).
     "max_sequence_length": (64, _positive_int, "tokens kept per text"),
-    "num_hashes": (16, _positive_int, "MinHash functions per token"),
+    "num_hashes": (16, _positive_int, "MinHash values per token"),
+    "minhash_scheme": ("k_functions", _minhash_scheme, "MinHash variant"),
     "bloom_filter_size": (16384, _positive_int, "counting Bloom filter size"),
     "ngram_min": (2, _positive_int, "shortest character n-gram"),
     "ngram_max": (4, _positive_int, "longest character n-gram"),
@@ -114,7 +120,8 @@ _FIELDS = {
 # gather costs no FLOPs) and grow the filter faster than the mixer. Going
 # further pays on SIB-200 (tiny with mean and max pooling, 8 epochs: 0.606
 # test accuracy with 16,384 x 32 rows, 0.651 with 65,536 x 8, at the same
-# parameter count), so `benchmarks/configs/sib200_*.json` do. The presets
+# parameter count), so `benchmarks/configs/sib200_*.json` do (the tiny one
+# also with bottom-k MinHash: 0.678 against 0.643, 12 epochs). The presets
 # keep 16,384 x 32: the narrow rows trained slowly on small data (4
 # SIB-200 languages: still at chance after 5 epochs, with either pooling)
 # and lost on Banking77 (tiny, 6 epochs: 0.875 with 65,536 x 8 and mean
@@ -161,8 +168,21 @@ class NeuroLiteConfig:
     Fields:
         max_sequence_length: int. Tokens kept per text; longer texts are
             truncated by the featurizer. Defaults to `64`.
-        num_hashes: int. MinHash functions, so Bloom filter indices, per
+        num_hashes: int. MinHash values, so Bloom filter index slots, per
             token. Defaults to `16`.
+        minhash_scheme: str. `"k_functions"` (pNLP-Mixer's: the minimum of
+            each of `num_hashes` hash functions over a token's n-grams) or
+            `"bottom_k"` (the `num_hashes` smallest values of one hash
+            function, so each n-gram keeps one Bloom index whatever token
+            it is in; a token with fewer distinct n-grams leaves its other
+            slots empty, as -1). On SIB-200 a linear SVM on the bag of Bloom
+            indices reaches 0.639 with `"k_functions"` and 0.674 with
+            `"bottom_k"` (65,536 buckets, 16 values per token; 0.697 with
+            32 values of 1- to 5-grams; `benchmarks/bloom_capacity.py`),
+            and NeuroLite-tiny 0.643 and 0.678 (see
+            `benchmarks/configs/sib200_tiny.json`). Defaults to
+            `"k_functions"`, with which every model saved before this field
+            was built and every other figure was measured.
         bloom_filter_size: int. Buckets of the counting Bloom filter, which
             is also the number of rows of the projection. Defaults to
             `16384`.
@@ -305,6 +325,7 @@ class NeuroLiteConfig:
         names = (
             "max_sequence_length",
             "num_hashes",
+            "minhash_scheme",
             "bloom_filter_size",
             "ngram_min",
             "ngram_max",

@@ -16,12 +16,23 @@ The algorithm, exactly:
    longer than `ngram_max`.
 3. Hash each n-gram's UTF-8 bytes with MurmurHash3 (x86, 32-bit, seed
    `hash_seed`) to an unsigned integer `x`, reduced modulo `P = 2**31 - 1`.
-4. For `k` in `range(num_hashes)`, the k-th MinHash value of the token is
-   `min over n-grams of (a_k * x + b_k) mod P`, where
-   `a_k = 1 + murmur3("minhash-a-{k}") mod (P - 1)` and
-   `b_k = murmur3("minhash-b-{k}") mod P` (same seed).
-5. The token's k-th Bloom index is that value modulo `bloom_filter_size`.
-   The multiset of a token's indices is its counting Bloom filter.
+4. The token's `num_hashes` MinHash values, by `minhash_scheme`:
+   - `"k_functions"` (pNLP-Mixer): for `k` in `range(num_hashes)`, the k-th
+     value is `min over n-grams of (a_k * x + b_k) mod P`, where
+     `a_k = 1 + murmur3("minhash-a-{k}") mod (P - 1)` and
+     `b_k = murmur3("minhash-b-{k}") mod P` (same seed);
+   - `"bottom_k"`: the distinct values `x` of the token's n-grams, sorted
+     ascending, the first `num_hashes` of them. A token with fewer
+     distinct values fills its remaining slots with -1 ("no index").
+5. The token's k-th Bloom index is its k-th value modulo
+   `bloom_filter_size` (-1 stays -1). The multiset of a token's indices is
+   its counting Bloom filter.
+
+With `"k_functions"` the same n-gram lands in a different bucket for each
+function, so two tokens share an index only when the same function picks
+the same n-gram; with `"bottom_k"` an n-gram has one bucket, shared by
+every token that holds it (fastText's subwords, capped at `num_hashes` per
+token, the cap choosing n-grams by hash so the choice is consistent).
 """
 
 import mmh3
@@ -71,9 +82,12 @@ class TextFeaturizer:
 
     For each text it returns `hash_indices`, the Bloom filter indices of each
     token (see the module docstring for the exact algorithm), and
-    `padding_mask`, 1 for real tokens and 0 for padding. The result does not
-    depend on the process, `PYTHONHASHSEED` or the machine. Token results are
-    cached, so features of natural text cost little more than tokenization.
+    `padding_mask`, 1 for real tokens and 0 for padding (a padding token's
+    indices are 0; with `minhash_scheme="bottom_k"` a real token's unused
+    slots are -1, which `HashProjection(ignore_negative=True)` leaves out).
+    The result does not depend on the process, `PYTHONHASHSEED` or the
+    machine. Token results are cached, so features of natural text cost
+    little more than tokenization.
 
     Texts longer than `max_sequence_length` tokens are truncated; an empty or
     whitespace-only text gives an all-zero mask (a model then predicts from
@@ -81,7 +95,9 @@ class TextFeaturizer:
 
     Args:
         max_sequence_length: int. Tokens kept per text.
-        num_hashes: int. MinHash functions per token.
+        num_hashes: int. MinHash values per token.
+        minhash_scheme: str. `"k_functions"` or `"bottom_k"` (see the
+            module docstring).
         bloom_filter_size: int. Range of the indices.
         ngram_min, ngram_max: int. Character n-gram orders.
         max_token_chars: int. Characters of a token that are hashed.
@@ -108,6 +124,7 @@ class TextFeaturizer:
         lowercase=True,
         hash_seed=0,
         cache_size=200_000,
+        minhash_scheme="k_functions",
     ):
         # Reuse the config's validation so both report the same errors.
         from neurolite_keras.config import NeuroLiteConfig
@@ -115,6 +132,7 @@ class TextFeaturizer:
         NeuroLiteConfig(
             max_sequence_length=max_sequence_length,
             num_hashes=num_hashes,
+            minhash_scheme=minhash_scheme,
             bloom_filter_size=bloom_filter_size,
             ngram_min=ngram_min,
             ngram_max=ngram_max,
@@ -128,6 +146,7 @@ class TextFeaturizer:
             )
         self.max_sequence_length = max_sequence_length
         self.num_hashes = num_hashes
+        self.minhash_scheme = minhash_scheme
         self.bloom_filter_size = bloom_filter_size
         self.ngram_min = ngram_min
         self.ngram_max = ngram_max
@@ -155,6 +174,7 @@ class TextFeaturizer:
         return {
             "max_sequence_length": self.max_sequence_length,
             "num_hashes": self.num_hashes,
+            "minhash_scheme": self.minhash_scheme,
             "bloom_filter_size": self.bloom_filter_size,
             "ngram_min": self.ngram_min,
             "ngram_max": self.ngram_max,
@@ -199,9 +219,18 @@ class TextFeaturizer:
             starts.append(len(hashes))
             hashes.extend(self._hash(gram) for gram in self.ngrams(token))
         x = np.array(hashes, dtype=np.uint64) % _PRIME
-        permuted = (self._a * x[None, :] + self._b) % _PRIME
-        minhash = np.minimum.reduceat(permuted, starts, axis=1)
-        indices = (minhash % self.bloom_filter_size).T.astype(np.int32)
+        if self.minhash_scheme == "bottom_k":
+            indices = np.full((len(tokens), self.num_hashes), -1, np.int32)
+            ends = starts[1:] + [len(hashes)]
+            for row, (start, end) in enumerate(zip(starts, ends)):
+                smallest = np.unique(x[start:end])[: self.num_hashes]
+                indices[row, : smallest.size] = (
+                    smallest % self.bloom_filter_size
+                )
+        else:
+            permuted = (self._a * x[None, :] + self._b) % _PRIME
+            minhash = np.minimum.reduceat(permuted, starts, axis=1)
+            indices = (minhash % self.bloom_filter_size).T.astype(np.int32)
         rows = dict(zip(tokens, indices))
         if len(self._cache) + len(rows) > self.cache_size:
             self._cache.clear()

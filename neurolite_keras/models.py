@@ -179,6 +179,7 @@ class NeuroLiteModel(keras.Model):
             config.bloom_filter_size,
             config.projection_size,
             dropout_rate=config.hash_dropout_rate,
+            ignore_negative=config.minhash_scheme == "bottom_k",
             name="hash_projection",
         )
         bottleneck = keras.layers.Dense(config.hidden_size, name="bottleneck")

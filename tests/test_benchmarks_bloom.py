@@ -37,6 +37,21 @@ def test_bags_count_each_real_token_index_once_per_hash():
     assert bags[0].sum() == 4 * 4 and bags[1].sum() == 0
 
 
+def test_bags_leave_out_the_empty_slots_of_bottom_k():
+    featurizer = TextFeaturizer(
+        max_sequence_length=4,
+        num_hashes=8,
+        bloom_filter_size=64,
+        minhash_scheme="bottom_k",
+    )
+    features = featurizer(["a le"])
+    filled = features["hash_indices"][0, :2]
+    assert (filled == -1).any()
+    bags = bench.bloom_bags(featurizer, ["a le"]).toarray()
+    expected = np.bincount(filled[filled >= 0], minlength=64)
+    np.testing.assert_array_equal(bags[0], expected)
+
+
 @pytest.mark.parametrize("buckets", [4096])
 def test_probe_beats_chance_and_writes_its_table(buckets, tmp_path):
     data = load_sib200(languages=["fra_Latn", "eng_Latn"])

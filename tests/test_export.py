@@ -343,24 +343,41 @@ def test_int8_agrees_with_float_model(
 
 @tensorflow_only
 @pytest.mark.parametrize(
-    "mixer, routing", [("hypermixer", False), ("fnet", False), ("mlp", True)]
+    "mixer, routing, scheme",
+    [
+        ("hypermixer", False, "k_functions"),
+        ("fnet", False, "k_functions"),
+        ("mlp", True, "k_functions"),
+        ("mlp", False, "bottom_k"),
+    ],
 )
 def test_every_mixer_exports_to_int8_with_parity(
-    sib200, memorized, tmp_path, mixer, routing
+    sib200, memorized, tmp_path, mixer, routing, scheme
 ):
-    """HyperMixer and FNet classifiers, and an MLP-Mixer with a mixture of
-    experts (the plain MLP-Mixer is `trained` above), pass the same int8
-    checks: built-in operators, static shapes, agreement."""
+    """HyperMixer and FNet classifiers, an MLP-Mixer with a mixture of
+    experts, and one fed bottom-k MinHash indices (empty slots are -1; the
+    plain MLP-Mixer is `trained` above), pass the same int8 checks:
+    built-in operators, static shapes, agreement."""
     keras.utils.set_random_seed(0)
     config = tiny_config()
     config.mixer_type = mixer
     config.use_dynamic_routing = routing
+    config.minhash_scheme = scheme
     model = NeuroLiteForClassification(config, label_names=sib200.label_names)
     model.compile(optimizer=keras.optimizers.AdamW(0.01))
     texts, labels = memorized
     model.fit(texts, labels, epochs=15, batch_size=35, verbose=0)
     path = str(tmp_path / f"{mixer}.keras")
     model.save(path)
+    if scheme == "bottom_k":
+        features = model.featurize(texts)["hash_indices"]
+        assert (features == -1).any()
+        reloaded = keras.saving.load_model(path)
+        np.testing.assert_allclose(
+            _keras_logits(reloaded, texts[:20]),
+            _keras_logits(model, texts[:20]),
+            atol=1e-5,
+        )
     result = export_model(
         path,
         str(tmp_path / f"{mixer}.tflite"),

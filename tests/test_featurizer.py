@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 
+import mmh3
 import numpy as np
 import pytest
 
@@ -33,6 +34,50 @@ def test_golden_vectors():
     featurizer = small_featurizer()
     for text, expected in GOLDEN.items():
         assert featurizer(text)["hash_indices"][0].tolist() == expected
+
+
+# Pinned outputs of the bottom-k scheme (6 values, 1,000 buckets).
+GOLDEN_BOTTOM_K = {
+    "Bonjour le monde": [
+        [703, 650, 731, 901, 224, 954],
+        [191, 436, 689, 155, 745, 801],
+        [604, 665, 558, 511, 557, 265],
+    ],
+    "東京": [[230, 370, 918, -1, -1, -1], [479, 858, 194, -1, -1, -1], [0] * 6],
+}
+
+
+def test_bottom_k_golden_vectors_and_definition():
+    featurizer = TextFeaturizer(
+        max_sequence_length=3,
+        num_hashes=6,
+        bloom_filter_size=1000,
+        minhash_scheme="bottom_k",
+    )
+    for text, expected in GOLDEN_BOTTOM_K.items():
+        assert featurizer(text)["hash_indices"][0].tolist() == expected
+    # The definition, computed independently: the smallest distinct
+    # MurmurHash3 values of a token's n-grams, folded into the filter.
+    prime = (1 << 31) - 1
+    for token in ("le", "monde", "anticonstitutionnellement"):
+        values = sorted(
+            {
+                mmh3.hash(gram, 0, signed=False) % prime
+                for gram in featurizer.ngrams(token)
+            }
+        )[:6]
+        expected = [v % 1000 for v in values] + [-1] * (6 - len(values))
+        assert featurizer.token_indices([token]).tolist() == [expected]
+    # An n-gram keeps its bucket in every token holding it; with
+    # "k_functions" the shared n-grams rarely give shared indices.
+    wide = TextFeaturizer(
+        num_hashes=64, bloom_filter_size=1 << 20, minhash_scheme="bottom_k"
+    )
+    a, b = wide.token_indices(["économie", "économique"])
+    shared = set(wide.ngrams("économie")) & set(wide.ngrams("économique"))
+    assert len(set(a[a >= 0]) & set(b[b >= 0])) >= len(shared) - 1
+    with pytest.raises(ValueError, match="minhash_scheme='top_k'"):
+        TextFeaturizer(minhash_scheme="top_k")
 
 
 def test_same_features_in_other_processes_and_hash_seeds():

@@ -135,6 +135,42 @@ def test_hash_projection_index_dropout_only_in_training():
         HashProjection(50, 3, dropout_rate=1)
 
 
+def test_hash_projection_leaves_out_empty_slots(tmp_path):
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, 50, (3, 5, 6)).astype("int32")
+    indices[..., 4:] = -1
+    indices[0, 0, 1:] = -1
+    check_layer(
+        HashProjection,
+        {"num_buckets": 50, "output_dim": 4, "ignore_negative": True},
+        indices,
+        expected_output_shape=(3, 5, 4),
+        expected_num_trainable_weights=1,
+        run_training_step=False,
+        tmp_path=tmp_path,
+    )
+    for combiner in ("mean", "sum"):
+        layer = HashProjection(
+            50, 4, combiner=combiner, ignore_negative=True, dropout_rate=0.5
+        )
+        result = keras.ops.convert_to_numpy(layer(indices))
+        table = keras.ops.convert_to_numpy(layer.embeddings)
+        expected = np.zeros((3, 5, 4))
+        for b, s in np.ndindex(3, 5):
+            present = indices[b, s][indices[b, s] >= 0]
+            rows = table[present]
+            expected[b, s] = rows.mean(0) if combiner == "mean" else rows.sum(0)
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+        # In training, the dropout draws from the slots present only: an
+        # all-ones table gives a mean of 1 (or 0 where all were dropped).
+        layer.embeddings.assign(np.ones((50, 4), "float32"))
+        trained = keras.ops.convert_to_numpy(layer(indices, training=True))
+        if combiner == "mean":
+            assert set(np.unique(trained.round(5))) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="ignore_negative=1"):
+        HashProjection(50, 4, ignore_negative=1)
+
+
 def test_token_dropout_drops_real_tokens_in_training_only():
     mask = np.zeros((100, 100), "int32")
     mask[:, :60] = 1

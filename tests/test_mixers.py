@@ -454,3 +454,43 @@ def test_fft_based_fnet_converts_or_names_the_op(tensorflow_backend, fft_op):
     np.testing.assert_allclose(
         _run_tflite(dft_tflite, tokens, mask), keras_fft, rtol=1e-4, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("kind", ["mlp", "hypermixer", "fnet"])
+def test_long_sequences_give_the_same_output_in_chunks(monkeypatch, kind):
+    """Past `CHUNK_POSITIONS` tokens the channel MLP runs a block of
+    positions at a time; the output is the whole-sequence computation's."""
+    from neurolite_keras.layers import fnet
+    from neurolite_keras.layers import mlp_mixer
+    from neurolite_keras.layers.chunking import CHUNK_POSITIONS
+    from neurolite_keras.layers.chunking import per_position_in_chunks
+
+    length = 2 * CHUNK_POSITIONS + 76
+    module, block = {
+        "mlp": (mlp_mixer, mlp_mixer.MlpMixerBlock(length, 8, 16)),
+        "hypermixer": (hypermixer, HyperMixerBlock(8, 16)),
+        "fnet": (fnet, FNetBlock(16, implementation="fft")),
+    }[kind]
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, length, 8)).astype("float32")
+    mask = np.ones((2, length), "int32")
+    mask[1, 700:] = 0
+    chunked = _numpy(block(x, padding_mask=mask))
+    calls = []
+
+    def whole(function, inputs):
+        calls.append(inputs.shape)
+        return function(inputs)
+
+    monkeypatch.setattr(module, "per_position_in_chunks", whole)
+    np.testing.assert_allclose(
+        _numpy(block(x, padding_mask=mask)), chunked, rtol=1e-5, atol=1e-5
+    )
+    assert calls  # The block went through the patched function.
+    # The helper itself: blocks of `chunk` positions, the last shorter.
+    seen = []
+    out = per_position_in_chunks(
+        lambda t: seen.append(t.shape[1]) or t * 2.0, x, chunk=500
+    )
+    assert seen == [500, 500, 100]
+    np.testing.assert_allclose(_numpy(out), x * 2.0)

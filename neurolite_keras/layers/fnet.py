@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from neurolite_keras.layers.chunking import per_position_in_chunks
 from neurolite_keras.validation import check_choice
 from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
@@ -227,8 +228,11 @@ class FNetBlock(keras.layers.Layer):
         x = self.mixing_norm(x + ops.cast(mixed, x.dtype))
 
         # Channel mixing: an MLP across features, applied to each token.
-        y = self.channel_dense_out(self.channel_dense_in(x))
+        y = per_position_in_chunks(self._channel_mlp, x)
         return self.channel_norm(x + self.dropout(y, training=training))
+
+    def _channel_mlp(self, x):
+        return self.channel_dense_out(self.channel_dense_in(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from neurolite_keras.layers.chunking import per_position_in_chunks
 from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
 from neurolite_keras.validation import check_rate
@@ -243,9 +244,13 @@ class HyperMixerBlock(keras.layers.Layer):
         x = inputs + self.dropout(mixed, training=training)
 
         # Channel mixing: an MLP across features, applied to each token.
-        y = self.channel_norm(x)
-        y = self.channel_dense_out(self.channel_dense_in(y))
+        y = per_position_in_chunks(self._channel_mlp, x)
         return x + self.dropout(y, training=training)
+
+    def _channel_mlp(self, x):
+        return self.channel_dense_out(
+            self.channel_dense_in(self.channel_norm(x))
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape

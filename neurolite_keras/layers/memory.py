@@ -68,7 +68,11 @@ def _num_bands(num_hashes):
 def _band_buckets(hash_indices, num_buckets, multiplier, band_offset=0):
     """int32 `(batch, sequence, bands)`: each band's two MinHash indices
     mixed into a bucket in `[0, num_buckets)`. Integer ops only (FLOOR_MOD
-    in TFLite); every product stays below `num_buckets**2`."""
+    in TFLite); every product stays below `num_buckets**2`.
+
+    An empty bottom-k slot (-1) folds into the last bucket, so short words'
+    trailing bands all meet there: lexical keys were tuned and measured
+    with `minhash_scheme="k_functions"`, where every slot is filled."""
     indices = ops.cast(hash_indices, "int32")
     num_hashes = indices.shape[-1]
     bands = _num_bands(num_hashes)

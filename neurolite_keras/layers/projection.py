@@ -35,11 +35,17 @@ class HashProjection(keras.layers.Layer):
             model rely on the n-gram fingerprints words share rather than on
             each word's exact set of indices. Defaults to `0.0`.
         seed: int or `None`. Seed of that dropout.
+        ignore_negative: bool. When `True`, negative indices mark empty
+            slots (a token with fewer indices than slots, as the
+            featurizer's `"bottom_k"` MinHash gives) and are left out of the
+            sum and of the mean's count. Defaults to `False`, where every
+            slot holds an index.
         **kwargs: base `Layer` arguments (`name`, `dtype`...).
 
     Call arguments:
         inputs: int tensor `(batch, sequence, num_hashes)` with values in
-            `[0, num_buckets)`. Out-of-range indices are a caller error:
+            `[0, num_buckets)`, or -1 for an empty slot when
+            `ignore_negative`. Out-of-range indices are a caller error:
             some backends clip them, others raise.
         training: bool. Index dropout is applied only in training.
 
@@ -61,6 +67,7 @@ class HashProjection(keras.layers.Layer):
         embeddings_initializer="glorot_uniform",
         dropout_rate=0.0,
         seed=None,
+        ignore_negative=False,
         **kwargs,
     ):
         check_positive_int("num_buckets", num_buckets)
@@ -68,6 +75,12 @@ class HashProjection(keras.layers.Layer):
         check_choice("combiner", combiner, ("mean", "sum"))
         check_rate("dropout_rate", dropout_rate)
         super().__init__(**kwargs)
+        if not isinstance(ignore_negative, bool):
+            raise ValueError(
+                "`ignore_negative` must be True or False. "
+                f"Received: ignore_negative={ignore_negative!r}"
+            )
+        self.ignore_negative = ignore_negative
         self.dropout_rate = float(dropout_rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -91,23 +104,39 @@ class HashProjection(keras.layers.Layer):
         )
 
     def call(self, inputs, training=False):
-        rows = ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
-        num_hashes = ops.cast(ops.shape(inputs)[-1], rows.dtype)
+        inputs = ops.cast(inputs, "int32")
+        if not self.ignore_negative:
+            return self._combine(inputs, None, training)
+        present = ops.cast(inputs >= 0, self.compute_dtype)
+        return self._combine(ops.maximum(inputs, 0), present, training)
+
+    def _combine(self, indices, present, training):
+        """Sum or mean of the rows `indices` select; `present` (0/1 per
+        slot, or `None` for all) weights them."""
+        rows = ops.take(self.embeddings, indices, axis=0)
+        num_hashes = ops.cast(ops.shape(indices)[-1], rows.dtype)
+        keep = present
         if training and self.dropout_rate > 0:
-            keep = keras.random.uniform(
-                ops.shape(inputs), seed=self.seed_generator
+            kept = keras.random.uniform(
+                ops.shape(indices), seed=self.seed_generator
             )
-            keep = ops.cast(keep >= self.dropout_rate, rows.dtype)
-            outputs = ops.sum(rows * ops.expand_dims(keep, -1), axis=-2)
-            # A token whose indices were all dropped gives zeros.
-            kept = ops.maximum(ops.sum(keep, axis=-1, keepdims=True), 1.0)
+            kept = ops.cast(kept >= self.dropout_rate, rows.dtype)
+            keep = kept if keep is None else keep * kept
+        if keep is None:
+            outputs = ops.sum(rows, axis=-2)
             if self.combiner == "mean":
-                return outputs / kept
-            return outputs * (num_hashes / kept)
-        outputs = ops.sum(rows, axis=-2)
+                outputs = outputs / num_hashes
+            return outputs
+        outputs = ops.sum(rows * ops.expand_dims(keep, -1), axis=-2)
+        # A token with no index left (all dropped) gives zeros.
+        count = ops.maximum(ops.sum(keep, axis=-1, keepdims=True), 1.0)
         if self.combiner == "mean":
-            outputs = outputs / num_hashes
-        return outputs
+            return outputs / count
+        if present is None:
+            return outputs * (num_hashes / count)
+        # Rescale by the kept fraction of the indices present.
+        available = ops.maximum(ops.sum(present, axis=-1, keepdims=True), 1.0)
+        return outputs * (available / count)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.output_dim)
@@ -124,6 +153,7 @@ class HashProjection(keras.layers.Layer):
                 ),
                 "dropout_rate": self.dropout_rate,
                 "seed": self.seed,
+                "ignore_negative": self.ignore_negative,
             }
         )
         return config

@@ -119,7 +119,8 @@ CALIBRATION_PERCENTILE = 99.99
 
 INPUT_DESCRIPTIONS = {
     "hash_indices": "Bloom filter indices of each token, in "
-    "[0, bloom_filter_size); padding rows hold 0",
+    "[0, bloom_filter_size), or -1 for an empty slot (bottom_k MinHash); "
+    "padding rows hold 0",
     "padding_mask": "1 for a real token, 0 for padding",
 }
 
