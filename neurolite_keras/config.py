@@ -270,6 +270,13 @@ class NeuroLiteConfig:
                 f"NeuroLiteConfig has no field {name!r}. "
                 f"Known fields: {sorted(_FIELDS)}"
             )
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(
+                f"This config describes a built model, which does not change "
+                f"when its config does (setting {name}={value!r} would only "
+                "make the saved model differ from the one in memory). Build a "
+                f"new model from `model.config.copy({name}=...)`."
+            )
         _, validate, _ = _FIELDS[name]
         value = validate(name, value)
         if len(self.__dict__) < len(_FIELDS):  # Still in `__init__`.
@@ -365,7 +372,15 @@ class NeuroLiteConfig:
         return cls.from_config(data)
 
     def copy(self, **overrides):
+        """A new config (fields can be set) with `overrides` applied."""
         return type(self)(**{**self.get_config(), **overrides})
+
+    def frozen(self):
+        """A copy whose fields cannot be set: a built model's config, so
+        that it always describes the model (`copy()` gives one to edit)."""
+        config = self.copy()
+        object.__setattr__(config, "_frozen", True)
+        return config
 
     def __eq__(self, other):
         if not isinstance(other, NeuroLiteConfig):

@@ -152,7 +152,10 @@ class NeuroLiteModel(keras.Model):
 
     Args:
         config: `NeuroLiteConfig` or its dict. Defaults to
-            `NeuroLiteConfig.tiny()`.
+            `NeuroLiteConfig.tiny()`. The model keeps a frozen copy as
+            `model.config`: setting one of its fields raises, since the
+            built model would not change (build a new one from
+            `model.config.copy(field=...)`).
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Inputs:
@@ -250,7 +253,7 @@ class NeuroLiteModel(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.config = config
+        self.config = config.frozen()
         self.num_memory_labels = num_memory_labels
         self.featurizer = TextFeaturizer.from_config(config)
         self.experts = experts
@@ -428,7 +431,10 @@ class NeuroLiteForClassification(keras.Model):
 
     Args:
         config: `NeuroLiteConfig` or its dict. Defaults to
-            `NeuroLiteConfig.tiny()`.
+            `NeuroLiteConfig.tiny()`. The model keeps a frozen copy as
+            `model.config`: setting one of its fields raises, since the
+            built model would not change (build a new one from
+            `model.config.copy(field=...)`).
         num_labels: int. Number of classes. Defaults to the length of
             `label_names`, else `2`.
         label_names: list of str, or `None` for `"0"`, `"1"`...
@@ -519,7 +525,7 @@ class NeuroLiteForClassification(keras.Model):
 
         # === Config ===
         self.backbone = backbone
-        self.config = config
+        self.config = config.frozen()
         self.label_names = label_names
         self.num_labels = num_labels
         self.rules = rules
@@ -570,7 +576,8 @@ class NeuroLiteForClassification(keras.Model):
                 "This model has no external memory, so no readout margin: "
                 "build it with `config.use_external_memory = True`."
             )
-        self.config.memory_readout_margin = margin  # Checks the value.
+        # The copy checks the value; the head reads the margin at each call.
+        self.config = self.config.copy(memory_readout_margin=margin).frozen()
         self.get_layer("head").margin = self.config.memory_readout_margin
         # Traced step functions hold the old margin as a constant.
         self.train_function = None

@@ -79,3 +79,55 @@ def test_preset_parameter_counts(preset, low, high):
         NeuroLiteConfig.preset(preset), num_labels=7
     )
     assert low <= model.count_params() <= high, model.count_params()
+
+
+def test_a_built_models_config_cannot_be_changed(tmp_path):
+    """Setting a field of `model.config` would change what is saved but
+    not the model in memory; it raises, and the copy can be edited."""
+    config = NeuroLiteConfig.tiny(
+        hidden_size=16,
+        projection_size=8,
+        num_mixer_layers=1,
+        bloom_filter_size=256,
+        max_sequence_length=8,
+        num_hashes=4,
+    )
+    model = NeuroLiteForClassification(config, label_names=["a", "b"])
+    with pytest.raises(AttributeError, match="minhash_scheme='bottom_k'"):
+        model.config.minhash_scheme = "bottom_k"
+    with pytest.raises(AttributeError, match="built model"):
+        model.backbone.config.hidden_size = 32
+    assert model.config.minhash_scheme == "k_functions"
+    edited = model.config.copy(minhash_scheme="bottom_k")
+    edited.num_hashes = 6  # A copy is an ordinary config.
+    assert edited.num_hashes == 6
+    # The config the caller passed stays theirs to edit.
+    config.hidden_size = 24
+    assert model.config.hidden_size == 16
+
+
+def test_readout_margin_is_set_through_the_model_and_saved(tmp_path):
+    import keras
+
+    config = NeuroLiteConfig.tiny(
+        hidden_size=16,
+        projection_size=8,
+        num_mixer_layers=1,
+        bloom_filter_size=256,
+        max_sequence_length=8,
+        num_hashes=4,
+        use_external_memory=True,
+        num_memory_slots=4,
+        num_episodic_slots=4,
+        memory_key_size=8,
+    )
+    model = NeuroLiteForClassification(config, label_names=["a", "b"])
+    model.memory_readout_margin = 0.35
+    assert model.config.memory_readout_margin == 0.35
+    assert model.get_layer("head").margin == 0.35
+    with pytest.raises(ValueError, match="memory_readout_margin=1.5"):
+        model.memory_readout_margin = 1.5
+    assert model.memory_readout_margin == 0.35
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert keras.saving.load_model(path).memory_readout_margin == 0.35

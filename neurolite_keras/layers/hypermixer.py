@@ -71,12 +71,13 @@ class HyperMixerBlock(keras.layers.Layer):
 
     **Note on masking:** padded positions are zeroed after the first layer
     normalization, so they add nothing to `W1^T @ X` and contribute nothing
-    to real tokens. Real tokens' outputs depend neither on what the padding
-    holds nor on how much padding follows them (position features count
-    from the start of the sequence). The output at padded positions is not
-    zeroed and carries no meaning: a zero row entering a layer
-    normalization would, in an int8 export, stretch that normalization's
-    quantization range by `1/sqrt(epsilon)` for every real token.
+    to real tokens. Real tokens' outputs depend neither on what (finite
+    values) the padding holds nor on how much padding follows them
+    (position features count from the start of the sequence). The output
+    at padded positions is not zeroed and carries no meaning: a zero row
+    entering a layer normalization would, in an int8 export, stretch that
+    normalization's quantization range by `1/sqrt(epsilon)` for every real
+    token.
 
     **Note on length:** any length works, including a length that changes
     between calls or is unknown when the model is built. The hidden state

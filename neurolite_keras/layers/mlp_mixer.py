@@ -25,8 +25,9 @@ class MlpMixerBlock(keras.layers.Layer):
 
     **Note on masking:** padded positions are zeroed before token mixing, so
     they contribute nothing to real tokens: real tokens' outputs do not
-    depend on what the padding held. The output at padded positions is not
-    zeroed and carries no meaning. Leaving it is deliberate: a row of
+    depend on what finite values the padding held (zeroing is a product
+    with the mask, and NaN times 0 is NaN). The output at padded positions
+    is not zeroed and carries no meaning. Leaving it is deliberate: a row of
     zeros entering the next layer normalization has zero variance, and
     in an int8 export its `1/sqrt(epsilon)` would set the quantization
     range of that normalization for every real token.
