@@ -81,17 +81,22 @@ def test_preset_parameter_counts(preset, low, high):
     assert low <= model.count_params() <= high, model.count_params()
 
 
-def test_a_built_models_config_cannot_be_changed(tmp_path):
-    """Setting a field of `model.config` would change what is saved but
-    not the model in memory; it raises, and the copy can be edited."""
-    config = NeuroLiteConfig.tiny(
+def _small_config(**overrides):
+    return NeuroLiteConfig.tiny(
         hidden_size=16,
         projection_size=8,
         num_mixer_layers=1,
         bloom_filter_size=256,
         max_sequence_length=8,
         num_hashes=4,
+        **overrides,
     )
+
+
+def test_a_built_models_config_cannot_be_changed():
+    """Setting a field of `model.config` would change what is saved but
+    not the model in memory; it raises, and the copy can be edited."""
+    config = _small_config()
     model = NeuroLiteForClassification(config, label_names=["a", "b"])
     with pytest.raises(AttributeError, match="minhash_scheme='bottom_k'"):
         model.config.minhash_scheme = "bottom_k"
@@ -109,13 +114,7 @@ def test_a_built_models_config_cannot_be_changed(tmp_path):
 def test_readout_margin_is_set_through_the_model_and_saved(tmp_path):
     import keras
 
-    config = NeuroLiteConfig.tiny(
-        hidden_size=16,
-        projection_size=8,
-        num_mixer_layers=1,
-        bloom_filter_size=256,
-        max_sequence_length=8,
-        num_hashes=4,
+    config = _small_config(
         use_external_memory=True,
         num_memory_slots=4,
         num_episodic_slots=4,

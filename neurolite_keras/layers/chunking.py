@@ -26,9 +26,7 @@ def per_position_in_chunks(function, x, chunk=None):
     """
     chunk = CHUNK_POSITIONS if chunk is None else chunk
     length = x.shape[1]
-    if not chunk:
-        return function(x)
-    if length is None or length <= chunk:
+    if not chunk or length is None or length <= chunk:
         return function(x)
     return ops.concatenate(
         [function(x[:, i : i + chunk]) for i in range(0, length, chunk)],

@@ -104,15 +104,12 @@ class HashProjection(keras.layers.Layer):
         )
 
     def call(self, inputs, training=False):
-        inputs = ops.cast(inputs, "int32")
-        if not self.ignore_negative:
-            return self._combine(inputs, None, training)
-        present = ops.cast(inputs >= 0, self.compute_dtype)
-        return self._combine(ops.maximum(inputs, 0), present, training)
-
-    def _combine(self, indices, present, training):
-        """Sum or mean of the rows `indices` select; `present` (0/1 per
-        slot, or `None` for all) weights them."""
+        indices = ops.cast(inputs, "int32")
+        # 0/1 per slot, or `None` where every slot holds an index.
+        present = None
+        if self.ignore_negative:
+            present = ops.cast(indices >= 0, self.compute_dtype)
+            indices = ops.maximum(indices, 0)
         rows = ops.take(self.embeddings, indices, axis=0)
         num_hashes = ops.cast(ops.shape(indices)[-1], rows.dtype)
         keep = present
@@ -121,7 +118,7 @@ class HashProjection(keras.layers.Layer):
                 ops.shape(indices), seed=self.seed_generator
             )
             kept = ops.cast(kept >= self.dropout_rate, rows.dtype)
-            keep = kept if keep is None else keep * kept
+            keep = kept if present is None else present * kept
         if keep is None:
             outputs = ops.sum(rows, axis=-2)
             if self.combiner == "mean":
@@ -132,11 +129,12 @@ class HashProjection(keras.layers.Layer):
         count = ops.maximum(ops.sum(keep, axis=-1, keepdims=True), 1.0)
         if self.combiner == "mean":
             return outputs / count
-        if present is None:
-            return outputs * (num_hashes / count)
-        # Rescale by the kept fraction of the indices present.
-        available = ops.maximum(ops.sum(present, axis=-1, keepdims=True), 1.0)
-        return outputs * (available / count)
+        # "sum": rescaled by the kept fraction of the indices present.
+        if present is not None:
+            num_hashes = ops.maximum(
+                ops.sum(present, axis=-1, keepdims=True), 1.0
+            )
+        return outputs * (num_hashes / count)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.output_dim)
