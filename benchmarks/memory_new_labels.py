@@ -24,14 +24,15 @@ mechanics in about a minute, not the accuracy, and writes nothing unless
    reported on the held-out intents' sentences and on the trained
    intents' ones, before and after the writes.
 
-   The readout's margin (`EpisodicLabelReadout.margin`, by how much a
-   written prototype must beat a trained label) is chosen on the dev split
-   (a stratified tenth of Banking77's training sentences, which the
-   written examples are not drawn from): the margin of `MARGINS` with the
-   best held-out-intent dev accuracy, averaged over k, among those that
-   keep the trained intents' dev accuracy within `MAX_TRAINED_DROP` of
-   its value before the writes at every k. The test split is never used
-   for a choice.
+   The readout (`READOUTS`: the memory's `label_lexical_weight`, the
+   weight of what texts literally share in the written labels' scores,
+   and `EpisodicLabelReadout.margin`, by how much a written prototype must
+   beat a trained label) is chosen on the dev split (a stratified tenth of
+   Banking77's training sentences, which the written examples are not
+   drawn from): the setting with the best held-out-intent dev accuracy,
+   averaged over k, among those that keep the trained intents' dev
+   accuracy within `MAX_TRAINED_DROP` of its value before the writes at
+   every k. The test split is never used for a choice.
 2. The seed's example: sentences in French, one of them about a person,
    are written into the episodic memory of a trained backbone with
    `model(input_texts=[...], update_memory=True)`; the retrieval weights
@@ -79,7 +80,10 @@ from neurolite_keras.recipes.train import make_optimizer
 NUM_NEW_LABELS = 10
 LABEL_STEP = 7
 SHOTS = (1, 5, 10)
-MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # 0.0 to 0.5
+LABEL_LEXICAL_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+# Readout settings tried: (label_lexical_weight, margin).
+READOUTS = tuple((w, m) for w in LABEL_LEXICAL_WEIGHTS for m in MARGINS)
 MAX_TRAINED_DROP = 0.01
 DEFAULT_OUTPUT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results", "memory"
@@ -145,37 +149,44 @@ def examples_per_label(split, labels, count, seed=0):
     return chosen
 
 
-def readout_logits(model, features, margins):
-    """`{margin: logits}` of a memory classifier, one backbone pass.
+def readout_logits(model, features, readouts):
+    """`{(weight, margin): logits}` of a memory classifier for each readout
+    setting: the memory's `label_lexical_weight` and the head's margin.
 
-    The backbone runs once (eagerly, by batches of 256); its head
+    The backbone runs once per weight (eagerly, by batches of 256); its head
     (`EpisodicLabelReadout`) is then called with each margin, which is all
     the margin changes.
     """
     head = model.get_layer("head")
+    memory = model.backbone.memory
     # The head's two inputs (query and label scores) as a model's outputs.
     probe = keras.Model(model.input, head.input)
     total = len(features["padding_mask"])
-    parts = []
-    for start in range(0, total, 256):
-        batch = {k: v[start : start + 256] for k, v in features.items()}
-        query, scores = probe(batch, training=False)
-        parts.append(
-            (
-                keras.ops.convert_to_numpy(query),
-                keras.ops.convert_to_numpy(scores),
-            )
-        )
-    query = np.concatenate([p[0] for p in parts])
-    scores = np.concatenate([p[1] for p in parts])
-    saved = head.margin
+    saved = memory.label_lexical_weight, head.margin
     logits = {}
     try:
-        for margin in margins:
-            head.margin = float(margin)
-            logits[margin] = keras.ops.convert_to_numpy(head(query, scores))
+        for weight in sorted({w for w, _ in readouts}):
+            memory.label_lexical_weight = float(weight)
+            parts = []
+            for start in range(0, total, 256):
+                batch = {k: v[start : start + 256] for k, v in features.items()}
+                query, scores = probe(batch, training=False)
+                parts.append(
+                    (
+                        keras.ops.convert_to_numpy(query),
+                        keras.ops.convert_to_numpy(scores),
+                    )
+                )
+            query = np.concatenate([p[0] for p in parts])
+            scores = np.concatenate([p[1] for p in parts])
+            for w, margin in readouts:
+                if w == weight:
+                    head.margin = float(margin)
+                    logits[(w, margin)] = keras.ops.convert_to_numpy(
+                        head(query, scores)
+                    )
     finally:
-        head.margin = saved
+        memory.label_lexical_weight, head.margin = saved
     return logits
 
 
@@ -190,21 +201,22 @@ def group_accuracies(logits, truth, held_out_ids):
     }
 
 
-def choose_margin(dev, margins, max_drop=MAX_TRAINED_DROP):
-    """The margin chosen on dev (see the module docstring).
+def choose_readout(dev, readouts, max_drop=MAX_TRAINED_DROP):
+    """The readout setting chosen on dev (see the module docstring); any
+    sortable keys (margins, or `(weight, margin)` pairs).
 
     Args:
-        dev: `{"before": {"trained": a}, "shots": {k: {margin: {"trained":
-            a, "new": b}}}}`.
+        dev: `{"before": {"trained": a}, "shots": {k: {setting:
+            {"trained": a, "new": b}}}}`.
     """
     floor = dev["before"]["trained"] - max_drop
     passing = [
         m
-        for m in margins
+        for m in readouts
         if all(row[m]["trained"] >= floor for row in dev["shots"].values())
     ]
     if not passing:
-        return max(margins)
+        return max(readouts)
     return max(
         passing,
         key=lambda m: (
@@ -275,7 +287,7 @@ def new_labels_experiment(
     epochs,
     batch_size=64,
     shots=SHOTS,
-    margins=MARGINS,
+    readouts=READOUTS,
     seed=0,
     run_eagerly=False,
     verbose=2,
@@ -321,8 +333,9 @@ def new_labels_experiment(
         }
 
     model.reset_memory()
-    dev = {"before": measure("dev", margins[:1])[margins[0]], "shots": {}}
-    test = {"before": measure("test", margins[:1])[margins[0]], "shots": {}}
+    first = readouts[:1]
+    dev = {"before": measure("dev", first)[first[0]], "shots": {}}
+    test = {"before": measure("test", first)[first[0]], "shots": {}}
     per_shot = {}
     for k in shots:
         model.reset_memory()
@@ -330,8 +343,8 @@ def new_labels_experiment(
         labels = [label for label in held_out for _ in range(k)]
         model.write_memory(texts, labels)
         per_shot[k] = (
-            measure("dev", margins),
-            measure("test", margins),
+            measure("dev", readouts),
+            measure("test", readouts),
         )
         dev["shots"][k] = per_shot[k][0]
     # The shortcut of `readout_logits` against the model itself, on dev
@@ -340,13 +353,16 @@ def new_labels_experiment(
     sample = {name: value[:64] for name, value in features.items()}
     head = model.get_layer("head")
     direct = model.predict(sample, batch_size=64, verbose=0)["logits"]
-    shortcut = readout_logits(model, sample, [head.margin])[head.margin]
+    current = (model.backbone.memory.label_lexical_weight, head.margin)
+    shortcut = readout_logits(model, sample, [current])[current]
     readout_check = float(np.abs(np.asarray(direct) - shortcut).max())
-    margin = choose_margin(dev, margins)
+    chosen = choose_readout(dev, readouts)
     for k in shots:
-        test["shots"][k] = per_shot[k][1][margin]
+        test["shots"][k] = per_shot[k][1][chosen]
     model.reset_memory()
-    # Kept in `config.memory_readout_margin`, so saved with the model.
+    # Kept in the config, so saved with the model.
+    weight, margin = chosen
+    model.memory_label_lexical_weight = weight
     model.memory_readout_margin = margin
 
     def counts(split):
@@ -357,9 +373,12 @@ def new_labels_experiment(
         "held_out_labels": held_out,
         "num_trained_labels": len(trained),
         "margin": margin,
+        "label_lexical_weight": weight,
         "margin_rule": (
-            f"best mean held-out dev accuracy over k among margins "
-            f"{list(margins)} keeping trained-intent dev accuracy within "
+            "best mean held-out dev accuracy over k among label lexical "
+            f"weights {sorted({w for w, _ in readouts})} and margins "
+            f"{sorted({m for _, m in readouts})} keeping trained-intent dev "
+            "accuracy within "
             f"{MAX_TRAINED_DROP} of its value before the writes"
         ),
         "scale": model.get_layer("head").scale,
@@ -371,7 +390,10 @@ def new_labels_experiment(
         "dev_sweep": {
             "before": dev["before"],
             "shots": {
-                str(k): {str(m): v for m, v in row.items()}
+                str(k): {
+                    str(w): {str(m): row[(w, m)] for v, m in row if v == w}
+                    for w in dict.fromkeys(w for w, _ in row)
+                }
                 for k, row in dev["shots"].items()
             },
         },
@@ -620,7 +642,10 @@ def run(
 
 def print_new_labels(part):
     test = part["test"]
-    print(f"margin {part['margin']} (chosen on dev)")
+    print(
+        f"label lexical weight {part['label_lexical_weight']}, margin "
+        f"{part['margin']} (chosen on dev)"
+    )
     print(
         f"before: trained {test['before']['trained']:.3f} "
         f"new {test['before']['new']:.3f}"
@@ -654,7 +679,8 @@ def markdown(results):
         "memory, without retraining (Banking77 test accuracy over all 77 "
         f"intents; a tiny classifier with memory, 32-token inputs, trained "
         f"{part['epochs_run']} epochs on {part['num_trained_labels']} "
-        f"intents; {len(part['held_out_labels'])} held out; readout margin "
+        f"intents; {len(part['held_out_labels'])} held out; label lexical "
+        f"weight {part['label_lexical_weight']} and readout margin "
         f"{part['margin']} chosen on the dev split):",
         "",
         f"| examples written per new intent | trained intents "
@@ -673,20 +699,25 @@ def markdown(results):
     most = max(sweep["shots"], key=int)
     lines += [
         "",
-        f"Held-out intents: {held_out}. The margin trades the two: on the "
-        f"dev split, with {most} examples written per new intent (trained "
-        f"intents {sweep['before']['trained']:.3f} before the writes):",
+        f"Held-out intents: {held_out}. The margin trades the two, and the "
+        "lexical weight sets how it trades them: held-out intents' dev "
+        f"accuracy (trained intents' in brackets; "
+        f"{sweep['before']['trained']:.3f} before the writes) with {most} "
+        "examples written per new intent:",
         "",
-        "| margin | " + " | ".join(sweep["shots"][most]) + " |",
-        "|---" * (len(sweep["shots"][most]) + 1) + "|",
     ]
-    for group in ("trained", "new"):
-        cells = [row[group] for row in sweep["shots"][most].values()]
-        lines.append(
-            f"| {group} intents (dev) | "
-            + " | ".join(_fraction(c) for c in cells)
-            + " |"
-        )
+    by_weight = sweep["shots"][most]
+    margins = list(next(iter(by_weight.values())))
+    lines += [
+        "| label lexical weight \\ margin | " + " | ".join(margins) + " |",
+        "|---" * (len(margins) + 1) + "|",
+    ]
+    for weight, row in by_weight.items():
+        cells = [
+            f"{_fraction(row[m]['new'])} ({_fraction(row[m]['trained'])})"
+            for m in margins
+        ]
+        lines.append(f"| {weight} | " + " | ".join(cells) + " |")
     lines.append("")
 
     slots = results["long_term_slots"]

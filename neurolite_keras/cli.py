@@ -53,6 +53,18 @@ def _positive_float(text):
     return value
 
 
+def _weight_decay(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 to 1, got {text!r}"
+        )
+    return value
+
+
 def _add_data_arguments(parser, command):
     """Data options: `--dataset`, or the user's files `command` reads.
 
@@ -117,6 +129,12 @@ def build_parser():
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument("--batch-size", type=_positive_int, default=64)
     train.add_argument("--learning-rate", type=_positive_float, default=3e-3)
+    train.add_argument(
+        "--weight-decay",
+        type=_weight_decay,
+        default=0.01,
+        help="AdamW weight decay, 0 to 1 (default: 0.01)",
+    )
     train.add_argument("--patience", type=_non_negative_int, default=5)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
@@ -356,6 +374,7 @@ def _train(args):
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
         patience=args.patience,
         output_dir=args.output,
         seed=args.seed,

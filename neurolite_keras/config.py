@@ -6,6 +6,8 @@ from neurolite_keras.validation import check_choice
 from neurolite_keras.validation import check_number_in
 from neurolite_keras.validation import check_positive_int as _positive_int
 from neurolite_keras.validation import check_rate as _rate
+from neurolite_keras.validation import is_integer
+from neurolite_keras.validation import is_real
 
 MIXER_TYPES = ("mlp", "hypermixer", "fnet")
 POOLING_TYPES = ("mean", "max", "mean_max")
@@ -21,12 +23,7 @@ def _flag(name, value):
 
 
 def _positive_float(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or value != value
-    ):
+    if not is_real(value) or not value > 0 or value != value:
         raise ValueError(
             f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
@@ -34,11 +31,7 @@ def _positive_float(name, value):
 
 
 def _non_negative_float(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value >= 0
-    ):
+    if not is_real(value) or not value >= 0:
         raise ValueError(
             f"`{name}` must be a non-negative number. "
             f"Received: {name}={value!r}"
@@ -47,12 +40,12 @@ def _non_negative_float(name, value):
 
 
 def _non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_integer(value) or value < 0:
         raise ValueError(
             f"`{name}` must be a non-negative integer. "
             f"Received: {name}={value!r}"
         )
-    return value
+    return int(value)
 
 
 def _mixer_type(name, value):
@@ -100,8 +93,13 @@ _FIELDS = {
     "num_memory_slots": (32, _positive_int, "learned long-term slots"),
     "num_episodic_slots": (128, _positive_int, "slots written at inference"),
     "memory_key_size": (64, _positive_int, "memory key width"),
-    "memory_readout_margin": (0.2, _rate, "episodic readout margin"),
+    "memory_readout_margin": (0.0, _rate, "episodic readout margin"),
     "memory_lexical_weight": (3.0, _lexical_weight, "lexical recall weight"),
+    "memory_label_lexical_weight": (
+        2.0,
+        _lexical_weight,
+        "lexical weight in label scores",
+    ),
     # Dynamic routing.
     "use_dynamic_routing": (False, _flag, "add a mixture of experts"),
     "num_experts": (4, _positive_int, "experts per routed layer"),
@@ -229,12 +227,21 @@ class NeuroLiteConfig:
             memory, by how much a text must be closer to the prototype of a
             label's written examples than to the trained label vectors for
             those examples to win (`EpisodicLabelReadout`'s `margin`; choose
-            it on held-out data). Defaults to `0.2`.
+            it on held-out data, with `memory_label_lexical_weight`).
+            Defaults to `0.0`, the margin chosen on Banking77 with the
+            default label lexical weight (`benchmarks/memory_new_labels.py`).
         memory_lexical_weight: float in `[0, 100]`. Weight of the lexical
             cosine (texts' shared rare words) added to the learned one when
             episodic slots are recalled (`AssociativeMemory`'s
             `lexical_weight`); `0` builds the memory without lexical keys.
             Defaults to `3.0`; a model saved before this field existed
+            loads with `0`, as it was built.
+        memory_label_lexical_weight: float in `[0, 100]`. In a classifier
+            with memory, weight of the lexical cosine in the scores of the
+            labels of written examples (`AssociativeMemory`'s
+            `label_lexical_weight`; ignored when `memory_lexical_weight` is
+            0). Choose it on held-out data with the readout margin.
+            Defaults to `2.0`; a model saved before this field existed
             loads with `0`, as it was built.
         use_dynamic_routing: bool. Add a mixture of experts. Defaults to
             `False`.

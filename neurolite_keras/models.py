@@ -95,14 +95,25 @@ def make_memory(config, num_labels, name):
         num_labels=num_labels,
         lexical_size=lexical_key_size(config.num_hashes) if weight else 0,
         lexical_weight=weight,
+        label_lexical_weight=config.memory_label_lexical_weight,
         name=name,
     )
 
 
+# Fields of a classifier's config that can be set on the built model.
+_READOUT_SETTINGS = ("memory_readout_margin", "memory_label_lexical_weight")
+
+
 def _saved_config(config):
     """A saved model's config dict, with the values that fields added
-    since then had before they existed: mean pooling, no lexical keys."""
-    return {"pooling": "mean", "memory_lexical_weight": 0.0, **config}
+    since then had before they existed: mean pooling, no lexical keys, and
+    learned keys alone in label scores."""
+    before = {
+        "pooling": "mean",
+        "memory_lexical_weight": 0.0,
+        "memory_label_lexical_weight": 0.0,
+    }
+    return {**before, **config}
 
 
 def _call_on_texts(model, call, args, input_texts, update_memory, kwargs):
@@ -347,7 +358,8 @@ class NeuroLiteModel(keras.Model):
         episodic slots (the long-term slots take the rest of the mass): the
         learned keys' cosine mixed with the lexical keys' (see
         `AssociativeMemory`), so a question that shares a rare word, such
-        as a name, with a written text recalls it.
+        as a name, with a written text recalls it. A query without tokens
+        (empty, or only spaces) recalls nothing: `[]`.
         """
         self._require_memory()
         texts = check_texts(texts)
@@ -364,7 +376,13 @@ class NeuroLiteModel(keras.Model):
         ]
         results = []
         for row in episodic:
-            order = [j for j in np.argsort(-row) if self.memory_texts[j]]
+            # A slot of weight 0 was not recalled (an empty query gives
+            # every slot 0).
+            order = [
+                j
+                for j in np.argsort(-row)
+                if self.memory_texts[j] and row[j] > 0
+            ]
             results.append(
                 [
                     (self.memory_texts[j], int(j), float(row[j]))
@@ -569,20 +587,46 @@ class NeuroLiteForClassification(keras.Model):
             return None
         return self.get_layer("head").margin
 
-    @memory_readout_margin.setter
-    def memory_readout_margin(self, margin):
+    @property
+    def memory_label_lexical_weight(self):
+        """The weight of the lexical part in the label scores of written
+        examples (see `AssociativeMemory`), or `None` without memory. Set
+        like `memory_readout_margin`, with which it is chosen."""
         if not self.config.use_external_memory:
+            return None
+        return self.backbone.memory.label_lexical_weight
+
+    def __setattr__(self, name, value):
+        # The readout settings go to `_set_readout`, which checks them, not
+        # through Keras' attribute tracking: on TensorFlow it skips setting
+        # an attribute to the object it already holds (`None`, read from a
+        # model without memory), and the check with it.
+        if name in _READOUT_SETTINGS:
+            self._set_readout(**{name: value})
+        else:
+            super().__setattr__(name, value)
+
+    def _set_readout(self, **field):
+        """Sets a readout field in the config (which checks it and keeps it
+        in the saved model) and in the layer that reads it at each call."""
+        if not self.config.use_external_memory:
+            ((name, value),) = field.items()
             raise ValueError(
-                "This model has no external memory, so no readout margin: "
-                "build it with `config.use_external_memory = True`."
+                f"This model has no external memory, so no `{name}` "
+                f"(received {value!r}): build it with "
+                "`config.use_external_memory = True`."
             )
-        # The copy checks the value; the head reads the margin at each call.
-        self.config = self.config.copy(memory_readout_margin=margin).frozen()
+        self.config = self.config.copy(**field).frozen()
+        self.backbone.config = self.backbone.config.copy(**field).frozen()
         self.get_layer("head").margin = self.config.memory_readout_margin
-        # Traced step functions hold the old margin as a constant.
-        self.train_function = None
-        self.test_function = None
-        self.predict_function = None
+        self.backbone.memory.label_lexical_weight = (
+            self.config.memory_label_lexical_weight
+        )
+        # Traced step functions hold the old values as constants.
+        for model in (self, self.backbone):
+            model.train_function = None
+            model.test_function = None
+            model.predict_function = None
 
     def write_memory(self, texts, labels=None):
         """Writes texts into episodic memory; labels (names or ids) let

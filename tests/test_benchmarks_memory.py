@@ -57,7 +57,18 @@ def test_label_split_and_margin_rule():
             5: {0.0: row(0.85, 0.6), 0.1: row(0.893, 0.4), 0.2: row(0.9, 0.2)},
         },
     }
-    assert bench.choose_margin(dev, (0.0, 0.1, 0.2)) == 0.1
+    assert bench.choose_readout(dev, (0.0, 0.1, 0.2)) == 0.1
+    # Settings as (label lexical weight, margin) pairs: the lexical weight
+    # 2 at margin 0 teaches more at the same cost.
+    pairs = {
+        k: {(0.0, m): value for m, value in shot.items()}
+        for k, shot in dev["shots"].items()
+    }
+    pairs[1][(2.0, 0.0)] = row(0.894, 0.45)
+    pairs[5][(2.0, 0.0)] = row(0.892, 0.5)
+    readouts = [*pairs[1]]
+    chosen = bench.choose_readout({**dev, "shots": pairs}, readouts)
+    assert chosen == (2.0, 0.0)
 
 
 def _in_unit_interval(value):
@@ -95,6 +106,9 @@ def test_quick_run_structure(data_dir):
     assert len(part["held_out_labels"]) == 10
     assert part["num_test_examples"] == {"trained": 134, "new": 20}
     assert part["margin"] in bench.MARGINS
+    assert part["label_lexical_weight"] in bench.LABEL_LEXICAL_WEIGHTS
+    saved = (part["label_lexical_weight"], part["margin"])
+    assert saved in bench.READOUTS
     assert part["readout_check_max_abs_difference"] < 1e-4
     rows = [part["test"]["before"], *part["test"]["shots"].values()]
     assert sorted(part["test"]["shots"]) == ["1", "2"]
@@ -127,5 +141,7 @@ def test_quick_run_structure(data_dir):
 
     table = bench.markdown(results)
     assert "| none (before) |" in table and "| 2 |" in table
+    for weight in bench.LABEL_LEXICAL_WEIGHTS:
+        assert f"| {weight} | " in table
     assert "learned keys alone" in table and bench.SEED_QUESTION in table
     assert np.isfinite(results["total_seconds"])

@@ -240,6 +240,11 @@ def test_train_on_own_train_dev_and_test_files(tmp_path):
         ),
         (["train", "--learning-rate", "-1"], "got '-1'"),
         (["train", "--learning-rate", "inf"], "got 'inf'"),
+        (
+            ["train", "--weight-decay", "-0.1"],
+            "--weight-decay: must be a number from 0 to 1, got '-0.1'",
+        ),
+        (["train", "--weight-decay", "nan"], "got 'nan'"),
         (["train", "--epochs", "0"], "--epochs: must be a positive integer"),
         (["train", "--patience", "-1"], "--patience: must be an integer >= 0"),
         (
@@ -344,6 +349,9 @@ def test_train_classifier_checks_its_arguments(tmp_path):
             train_classifier(data, config, learning_rate=value)
     with pytest.raises(ValueError, match="`patience` must be"):
         train_classifier(data, config, patience=-1)
+    for value in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match=f"weight_decay={value!r}"):
+            train_classifier(data, config, weight_decay=value)
     with pytest.raises(ValueError, match="`output_dir` must be a folder"):
         train_classifier(data, config, output_dir=files["train"])
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from neurolite_keras import NeuroLiteConfig
@@ -33,6 +34,7 @@ def test_keyword_construction_from_the_original_interface():
         ("router_aux_loss_weight", -1.0),
         ("memory_readout_margin", 1.0),
         ("memory_readout_margin", -0.1),
+        ("memory_label_lexical_weight", -2.0),
     ],
 )
 def test_invalid_values_name_the_field_and_value(field, value):
@@ -111,7 +113,7 @@ def test_a_built_models_config_cannot_be_changed():
     assert model.config.hidden_size == 16
 
 
-def test_readout_margin_is_set_through_the_model_and_saved(tmp_path):
+def test_readout_settings_are_set_through_the_model_and_saved(tmp_path):
     import keras
 
     config = _small_config(
@@ -127,6 +129,46 @@ def test_readout_margin_is_set_through_the_model_and_saved(tmp_path):
     with pytest.raises(ValueError, match="memory_readout_margin=1.5"):
         model.memory_readout_margin = 1.5
     assert model.memory_readout_margin == 0.35
+    model.memory_label_lexical_weight = 1.5
+    assert model.config.memory_label_lexical_weight == 1.5
+    assert model.backbone.memory.label_lexical_weight == 1.5
+    with pytest.raises(ValueError, match="memory_label_lexical_weight=-1"):
+        model.memory_label_lexical_weight = -1
+    assert model.memory_label_lexical_weight == 1.5
+    assert model.memory_readout_margin == 0.35
     path = str(tmp_path / "m.keras")
     model.save(path)
-    assert keras.saving.load_model(path).memory_readout_margin == 0.35
+    loaded = keras.saving.load_model(path)
+    assert loaded.memory_readout_margin == 0.35
+    assert loaded.memory_label_lexical_weight == 1.5
+    assert loaded.backbone.memory.label_lexical_weight == 1.5
+    # NumPy scalars (a value read from an array) are numbers too.
+    loaded.memory_label_lexical_weight = np.float32(0.5)
+    assert loaded.config.memory_label_lexical_weight == 0.5
+    assert type(loaded.config.memory_label_lexical_weight) is float
+
+
+@pytest.mark.parametrize("value", [None, 0.3, "0.3"])
+def test_readout_settings_need_a_memory(value):
+    model = NeuroLiteForClassification(_small_config(), label_names=["a", "b"])
+    assert model.memory_readout_margin is None
+    for name in ("memory_readout_margin", "memory_label_lexical_weight"):
+        with pytest.raises(
+            ValueError, match=f"no `{name}` .received {value!r}"
+        ):
+            setattr(model, name, value)
+        assert getattr(model, name) is None
+
+
+def test_numpy_scalars_are_numbers_and_come_back_as_python_ones():
+    config = NeuroLiteConfig(
+        hidden_size=np.int64(48),
+        dropout_rate=np.float32(0.25),
+        memory_label_lexical_weight=-0.0,
+    )
+    assert config.hidden_size == 48 and type(config.hidden_size) is int
+    assert type(config.dropout_rate) is float
+    assert str(config.memory_label_lexical_weight) == "0.0"
+    assert NeuroLiteConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="hidden_size=np.True_"):
+        NeuroLiteConfig(hidden_size=np.True_)

@@ -240,6 +240,8 @@ def test_lexical_memory_rejects_bad_arguments_and_states():
         AssociativeMemory(4, 2, KEY, lexical_weight=-0.5)
     with pytest.raises(ValueError, match="num_frequency_counters=40000"):
         AssociativeMemory(4, 2, KEY, num_frequency_counters=40000)
+    with pytest.raises(ValueError, match="label_lexical_weight=nan"):
+        AssociativeMemory(4, 2, KEY, label_lexical_weight=float("nan"))
     hidden, mask = _texts(1)
     hashes, _ = _hashed_texts([[1, 2, 3]])
     odd = _memory(lexical_size=LEXICAL + 1)
@@ -618,6 +620,57 @@ def test_label_scores_and_readout(tmp_path):
         expected_num_trainable_weights=1,
         tmp_path=tmp_path,
     )
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_label_scores_with_the_lexical_part(weight):
+    memory = _memory(
+        num_labels=5, lexical_size=LEXICAL, label_lexical_weight=weight
+    )
+    assert memory.get_config()["label_lexical_weight"] == weight
+    # Two written texts of label 3 share words with the first query.
+    written = [[1, 2, 3], [1, 4, 5], [6, 7, 8]]
+    hashes, mask = _hashed_texts(written)
+    hidden, _ = _texts(3, seed=5)
+    memory.write(hidden, mask, labels=[3, 3, 1], hash_indices=hashes)
+    queries = [[1, 2, 9], [10, 11, 12]]
+    query_hashes, query_mask = _hashed_texts(queries)
+    query_hidden, _ = _texts(2, seed=6)
+    _, scores, query = memory(
+        query_hidden,
+        padding_mask=query_mask,
+        hash_indices=query_hashes,
+        return_label_scores=True,
+        return_sentence_query=True,
+    )
+    # The queries' lexical keys, as a write stores them.
+    memory.reset()
+    memory.write(query_hidden, query_mask, hash_indices=query_hashes)
+    query_lexical = memory.get_state()["episodic_keys"][:2, KEY:]
+    memory.reset()
+    memory.write(hidden, mask, labels=[3, 3, 1], hash_indices=hashes)
+    keys = memory.get_state()["episodic_keys"]
+
+    # The definition: learned part, then sqrt(w) times the lexical part,
+    # normalized; a label's prototype is its slots' normalized mean key.
+    root = np.sqrt(weight)
+    slot_keys = _unit(
+        np.concatenate([_unit(keys[:, :KEY]), root * keys[:, KEY:]], axis=1)
+    )
+    text_keys = _unit(
+        np.concatenate([_numpy(query), root * query_lexical], axis=1)
+    )
+    expected = np.full((2, 5), ABSENT_LABEL_SCORE, "float32")
+    expected[:, 3] = text_keys @ _unit(slot_keys[0] + slot_keys[1])
+    expected[:, 1] = text_keys @ slot_keys[2]
+    np.testing.assert_allclose(_numpy(scores), expected, atol=1e-5)
+    # The query that shares two words of label 3's texts gains on it.
+    lexical_gain = query_lexical[0] @ _unit(keys[0, KEY:] + keys[1, KEY:])
+    assert lexical_gain > 0.3
 
 
 class _RunningSum(keras.layers.Layer):

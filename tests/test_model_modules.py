@@ -69,7 +69,9 @@ def test_seed_memory_example_recalls_the_written_sentence():
         "Alice est une ingénieure vivant à Paris.",
         "Le train part à midi.",
     }
-    assert all(0.0 <= weight <= 1.0 for _, _, weight in recalled)
+    assert all(0.0 < weight <= 1.0 for _, _, weight in recalled)
+    # A query without tokens recalls nothing.
+    assert model.recall(["", "   "]) == [[], []]
     model.reset_memory()
     assert model.recall(["Où habite-t-elle ?"]) == [[]]
 

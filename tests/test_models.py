@@ -345,21 +345,27 @@ def test_pooling_choices_save_and_reload(pooling, tmp_path):
 
 
 def test_model_saved_before_newer_fields_loads_as_it_was_built():
-    """A config saved before `pooling` and `memory_lexical_weight` existed
-    rebuilds the model it came from: mean pooling, no lexical keys."""
+    """A config saved before `pooling`, `memory_lexical_weight` and
+    `memory_label_lexical_weight` existed rebuilds the model it came from:
+    mean pooling, no lexical keys, learned keys alone in label scores."""
+    newer = ("pooling", "memory_lexical_weight", "memory_label_lexical_weight")
     config = NeuroLiteConfig(
         **SMALL,
         pooling="mean",
         use_external_memory=True,
         memory_lexical_weight=0.0,
+        memory_label_lexical_weight=0.0,
     )
     model = NeuroLiteForClassification(config, label_names=["a", "b"])
     saved = model.get_config()
-    del saved["config"]["pooling"], saved["config"]["memory_lexical_weight"]
+    for name in newer:
+        del saved["config"][name]
     rebuilt = NeuroLiteForClassification.from_config(saved)
     assert rebuilt.config.pooling == "mean"
     assert rebuilt.config.memory_lexical_weight == 0.0
+    assert rebuilt.config.memory_label_lexical_weight == 0.0
     assert rebuilt.backbone.memory.lexical_size == 0
+    assert rebuilt.backbone.memory.label_lexical_weight == 0.0
     rebuilt.set_weights(model.get_weights())
     features = model.featurize(["le match de foot"])
     np.testing.assert_allclose(

@@ -23,6 +23,7 @@ from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.evaluation import evaluate_predictor
 from neurolite_keras.layers.routing import ExpertUsageCallback
 from neurolite_keras.models import NeuroLiteForClassification
+from neurolite_keras.validation import check_number_in
 from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
 
@@ -46,6 +47,7 @@ def train_classifier(
     epochs=30,
     batch_size=64,
     learning_rate=3e-3,
+    weight_decay=0.01,
     patience=5,
     output_dir=None,
     seed=0,
@@ -60,6 +62,8 @@ def train_classifier(
         batch_size: int.
         learning_rate: float. Peak AdamW learning rate, finite and above
             zero.
+        weight_decay: float in `[0, 1]`. AdamW's decoupled weight decay
+            (applied to every weight, scaled by the learning rate).
         patience: int >= 0. Epochs without dev improvement before stopping;
             the best epoch's weights are kept.
         output_dir: folder for `model.keras` and `metrics.json`, written
@@ -85,6 +89,7 @@ def train_classifier(
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
     check_positive_float("learning_rate", learning_rate)
+    weight_decay = check_number_in("weight_decay", weight_decay, 0.0, 1.0)
     if (
         isinstance(patience, bool)
         or not isinstance(patience, int)
@@ -102,7 +107,9 @@ def train_classifier(
     keras.utils.set_random_seed(seed)
     model = NeuroLiteForClassification(config, label_names=data.label_names)
     steps = -(-len(data.train) // batch_size)
-    model.compile(optimizer=make_optimizer(learning_rate, steps, epochs))
+    model.compile(
+        optimizer=make_optimizer(learning_rate, steps, epochs, weight_decay)
+    )
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(
