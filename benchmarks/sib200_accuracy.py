@@ -171,9 +171,9 @@ def summarize_run(metrics):
     }
 
 
-def model_name(preset, mixer, config=None):
+def model_name(preset, mixer, config=None, seed=0):
     """`NeuroLite-tiny (mlp, 65,536 x 8 Bloom, mean+max pooling)`: the row
-    name.
+    name, ending with `, seed N` for a run of another seed than 0.
 
     The projection's shape and the pooling are part of the name because
     the presets changed them (tiny was 4,096 x 128, then 16,384 x 32, with
@@ -191,9 +191,10 @@ def model_name(preset, mixer, config=None):
             f", bottom-k MinHash {config['num_hashes']} x "
             f"{config['ngram_min']}-{config['ngram_max']}-grams"
         )
+    seed = f", seed {seed}" if seed else ""
     return (
         f"NeuroLite-{preset} ({mixer}, {config['bloom_filter_size']:,} x "
-        f"{config['projection_size']} Bloom{scheme}, {pooling} pooling)"
+        f"{config['projection_size']} Bloom{scheme}, {pooling} pooling{seed})"
     )
 
 
@@ -399,7 +400,10 @@ def main():
         summary = summarize_run(metrics)
         preset = preset_of(metrics["config"])
         summary["source"] = f"neurolite train run in {folder}"
-        name = model_name(preset, summary["mixer"], metrics["config"])
+        # Runs saved before metrics held the seed used seed 0.
+        name = model_name(
+            preset, summary["mixer"], metrics["config"], metrics.get("seed", 0)
+        )
         results["models"][name] = summary
         save()
     for entry in filter(None, args.models.split(",")):

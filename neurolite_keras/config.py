@@ -118,8 +118,9 @@ _FIELDS = {
 # gather costs no FLOPs) and grow the filter faster than the mixer. Going
 # further pays on SIB-200 (tiny with mean and max pooling, 8 epochs: 0.606
 # test accuracy with 16,384 x 32 rows, 0.651 with 65,536 x 8, at the same
-# parameter count), so `benchmarks/configs/sib200_*.json` do (the tiny one
-# also with bottom-k MinHash: 0.678 against 0.643, 12 epochs). The presets
+# parameter count), so `benchmarks/configs/sib200_*.json` do (tiny with
+# bottom-k MinHash: 0.678 against 0.643, 12 epochs; and with HyperMixer and
+# 81,920 x 8 rows, 1.16M parameters: 0.698). The presets
 # keep 16,384 x 32: the narrow rows trained slowly on small data (4
 # SIB-200 languages: still at chance after 5 epochs, with either pooling)
 # and lost on Banking77 (tiny, 6 epochs: 0.875 with 65,536 x 8 and mean
@@ -177,8 +178,8 @@ class NeuroLiteConfig:
             indices reaches 0.639 with `"k_functions"` and 0.674 with
             `"bottom_k"` (65,536 buckets, 16 values per token; 0.697 with
             32 values of 1- to 5-grams; `benchmarks/bloom_capacity.py`),
-            and NeuroLite-tiny 0.643 and 0.678 (see
-            `benchmarks/configs/sib200_tiny.json`). Defaults to
+            and NeuroLite-tiny (MLP-Mixer, 65,536 x 8 rows) 0.643 and 0.678
+            (the README's SIB-200 table). Defaults to
             `"k_functions"`, with which every model saved before this field
             was built and every other figure was measured.
         bloom_filter_size: int. Buckets of the counting Bloom filter, which

@@ -59,6 +59,9 @@ def test_train_writes_model_and_metrics(run):
         assert key in metrics
     assert list(metrics["per_language"]) == ["fra_Latn"]
     assert metrics["test_accuracy"] == metrics["per_language"]["fra_Latn"]
+    # What reproduces the run beside the config: the recipe's settings.
+    assert metrics["seed"] == 0 and metrics["weight_decay"] == 0.01
+    assert metrics["learning_rate"] == 3e-3
     assert (run / "model.keras").is_file()
     assert not [p for p in os.listdir(run) if ".tmp" in p]
 

@@ -164,6 +164,9 @@ def train_classifier(
         + 1,
         "num_train_examples": len(data.train),
         "num_test_examples": test["num_examples"],
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
         "config": config.get_config(),
     }
     if "per_language" in test:
