@@ -631,6 +631,13 @@ class NeuroLiteForClassification(keras.Model):
     def write_memory(self, texts, labels=None):
         """Writes texts into episodic memory; labels (names or ids) let
         them vote for their label, including one never seen in training."""
+        texts = check_texts(texts)
+        if labels is not None and len(labels) != len(texts):
+            raise ValueError(
+                f"`write_memory` got {len(texts)} texts but {len(labels)} "
+                f"labels: give one label per text. Received: labels="
+                f"{labels!r:.200}"
+            )
         ids = None if labels is None else self.encode_labels(labels)
         return self.backbone.write_memory(texts, ids)
 

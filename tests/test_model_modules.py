@@ -151,6 +151,9 @@ def test_a_briefly_trained_model_recalls_the_sentence_of_a_rare_word(
 def test_memory_state_round_trip_and_bad_state(full_model, tmp_path):
     model = full_model
     model.reset_memory()
+    # One label per text, the labels named as the caller gave them.
+    with pytest.raises(ValueError, match=r"2 texts but 1 labels.*\['pos'\]"):
+        model.write_memory(["un", "deux"], ["pos"])
     model.write_memory(["un grand match"], ["pos"])
     path = tmp_path / "memory.npz"
     model.save_memory_state(path)
@@ -202,6 +205,9 @@ def test_rules_explain_and_edit_without_retraining(full_model):
 def test_full_model_saves_and_reloads(full_model, tmp_path):
     model = full_model
     model.reset_memory()
+    # One label per text, the labels named as the caller gave them.
+    with pytest.raises(ValueError, match=r"2 texts but 1 labels.*\['pos'\]"):
+        model.write_memory(["un", "deux"], ["pos"])
     model.write_memory(["un grand match"], ["pos"])
     path = tmp_path / "full.keras"
     model.save(path)
