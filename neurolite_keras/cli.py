@@ -17,52 +17,32 @@ from neurolite_keras.datasets import DATASET_NAMES
 INTERRUPTED_EXIT_CODE = 130
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive integer, got {text!r}"
-        )
-    return value
+def _argument_type(convert, accept, requirement):
+    """An argparse `type`: `convert(text)` when `accept` holds for it, else
+    an error saying `requirement` and quoting the text."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(
+                f"must be {requirement}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 0, got {text!r}"
-        )
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive finite number, got {text!r}"
-        )
-    return value
-
-
-def _weight_decay(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a number from 0 to 1, got {text!r}"
-        )
-    return value
+_positive_int = _argument_type(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _argument_type(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _argument_type(
+    float, lambda v: 0 < v < math.inf, "a positive finite number"
+)
+_weight_decay = _argument_type(
+    float, lambda v: 0 <= v <= 1, "a number from 0 to 1"
+)
 
 
 def _add_data_arguments(parser, command):

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import pathlib
 
@@ -10,6 +11,16 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault(
     "NEUROLITE_DATA_DIR", str(REPO.parent / "shared" / "data")
 )
+
+
+def load_script(path):
+    """The Python file at `path` (a benchmark or build script, not part of
+    the package) imported as a module named after it."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -1,24 +1,14 @@
 """Tests of benchmarks/bloom_capacity.py on two SIB-200 languages."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 from conftest import REPO
+from conftest import load_script
 
 from neurolite_keras.datasets import load_sib200
 from neurolite_keras.featurizer import TextFeaturizer
 
-
-def _module():
-    path = REPO / "benchmarks" / "bloom_capacity.py"
-    spec = importlib.util.spec_from_file_location("bloom_capacity", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _module()
+bench = load_script(REPO / "benchmarks" / "bloom_capacity.py")
 
 
 def test_bags_count_each_real_token_index_once_per_hash():

@@ -2,25 +2,15 @@
 rule, and the whole run at `--quick` scale on small slices of Banking77
 and SIB-200 (the structure of its results, not their accuracy)."""
 
-import importlib.util
-
 import keras
 import numpy as np
 import pytest
 from conftest import REPO
+from conftest import load_script
 
 from neurolite_keras.datasets import load_dataset
 
-
-def _module():
-    path = REPO / "benchmarks" / "memory_new_labels.py"
-    spec = importlib.util.spec_from_file_location("memory_new_labels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _module()
+bench = load_script(REPO / "benchmarks" / "memory_new_labels.py")
 
 SMALL = {
     "max_sequence_length": 8,

@@ -1,13 +1,13 @@
 """Tests of benchmarks/routing_and_rules.py: its parameter count, its rule
 file, and its two experiments on a small slice of Banking77."""
 
-import importlib.util
 import json
 
 import keras
 import numpy as np
 import pytest
 from conftest import REPO
+from conftest import load_script
 
 from neurolite_keras.config import NeuroLiteConfig
 from neurolite_keras.datasets import TextClassificationData
@@ -15,16 +15,7 @@ from neurolite_keras.datasets import load_dataset
 from neurolite_keras.models import NeuroLiteForClassification
 from neurolite_keras.rules import RuleSet
 
-
-def _module():
-    path = REPO / "benchmarks" / "routing_and_rules.py"
-    spec = importlib.util.spec_from_file_location("routing_and_rules", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _module()
+bench = load_script(REPO / "benchmarks" / "routing_and_rules.py")
 
 # Small enough to build and train in a few seconds.
 SMALL = {

@@ -1,21 +1,11 @@
 """Tests of benchmarks/sib200_accuracy.py: the row names of its table."""
 
-import importlib.util
-
 from conftest import REPO
+from conftest import load_script
 
 from neurolite_keras import NeuroLiteConfig
 
-
-def _module():
-    path = REPO / "benchmarks" / "sib200_accuracy.py"
-    spec = importlib.util.spec_from_file_location("sib200_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _module()
+bench = load_script(REPO / "benchmarks" / "sib200_accuracy.py")
 
 
 def test_row_names_tell_configs_and_seeds_apart():

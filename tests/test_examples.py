@@ -1,7 +1,6 @@
 """Runs each example at small settings, as a user would: in a subprocess
 with the current backend, reading the data through NEUROLITE_DATA_DIR."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,6 +10,7 @@ import sys
 
 import keras
 import pytest
+from conftest import load_script
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -96,11 +96,7 @@ def test_memory_and_routing_example_quick(tmp_path, data_dir):
 
 
 def _benchmark_module():
-    path = REPO / "benchmarks" / "benchmark_comparison.py"
-    spec = importlib.util.spec_from_file_location("benchmark_comparison", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "benchmark_comparison.py")
 
 
 @pytest.mark.skipif(

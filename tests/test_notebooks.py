@@ -1,13 +1,13 @@
 """The Colab notebooks: built from colab/src, stored without outputs, and
 (with NEUROLITE_RUN_NOTEBOOKS=1) executed end to end at small settings."""
 
-import importlib.util
 import os
 import pathlib
 
 import keras
 import nbformat
 import pytest
+from conftest import load_script
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COLAB = REPO / "colab"
@@ -15,11 +15,7 @@ NOTEBOOKS = sorted(path.stem for path in (COLAB / "src").glob("*.py"))
 
 
 def _builder():
-    path = COLAB / "build_notebooks.py"
-    spec = importlib.util.spec_from_file_location("build_notebooks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(COLAB / "build_notebooks.py")
 
 
 def test_every_topic_has_a_notebook():

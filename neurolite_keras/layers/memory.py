@@ -14,6 +14,7 @@ from neurolite_keras.validation import check_int_in
 from neurolite_keras.validation import check_number_in
 from neurolite_keras.validation import check_positive_float
 from neurolite_keras.validation import check_positive_int
+from neurolite_keras.validation import check_rate
 
 # Score given to excluded slots before the softmax; their weight is then
 # multiplied by zero as well, so it is exactly zero.
@@ -354,15 +355,9 @@ class AssociativeMemory(keras.layers.Layer):
                 "`track_reads` must be True or False. "
                 f"Received: track_reads={track_reads!r}"
             )
-        if (
-            isinstance(centering_momentum, bool)
-            or not isinstance(centering_momentum, (int, float))
-            or not 0.0 <= centering_momentum < 1.0
-        ):
-            raise ValueError(
-                "`centering_momentum` must be a number in [0, 1). "
-                f"Received: centering_momentum={centering_momentum!r}"
-            )
+        centering_momentum = check_rate(
+            "centering_momentum", centering_momentum
+        )
         layer_norm_epsilon = check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
@@ -385,7 +380,7 @@ class AssociativeMemory(keras.layers.Layer):
         self.beta = beta
         self.num_labels = num_labels
         self.track_reads = track_reads
-        self.centering_momentum = float(centering_momentum)
+        self.centering_momentum = centering_momentum
         self.layer_norm_epsilon = layer_norm_epsilon
         self.keys_initializer = keras.initializers.get(
             keys_initializer or keras.initializers.RandomNormal(stddev=1.0)
@@ -1153,19 +1148,11 @@ class EpisodicLabelReadout(keras.layers.Layer):
     def __init__(self, num_labels, scale=16.0, margin=0.2, **kwargs):
         check_positive_int("num_labels", num_labels)
         scale = check_positive_float("scale", scale)
-        if (
-            isinstance(margin, bool)
-            or not isinstance(margin, (int, float))
-            or not 0.0 <= margin < 1.0
-        ):
-            raise ValueError(
-                "`margin` must be a number in [0, 1). "
-                f"Received: margin={margin!r}"
-            )
+        margin = check_rate("margin", margin)
         super().__init__(**kwargs)
         self.num_labels = num_labels
         self.scale = scale
-        self.margin = float(margin)
+        self.margin = margin
 
     def build(self, sentence_query_shape, label_scores_shape=None):
         if sentence_query_shape[-1] is None:
